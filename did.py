@@ -1,0 +1,529 @@
+"""
+Diffusion in Diffusion (DiD), in one file: model, mix-scale block-diffusion loss, samplers.
+
+DiD (Ma, Cui, Han, Wang 2026, arXiv 2601.13599) is a block-diffusion language model that
+  1. drafts a sequence with small blocks (semi-autoregressive block diffusion, KV-cached), then
+  2. remasks the draft tokens it was least sure of when it wrote them ("snapshot confidence")
+     and denoises them again with one global block (full bidirectional attention).
+One network does both because it is trained with *mix-scale* block sizes (mostly small, sometimes
+the whole sequence). Everything else is BD3-LM (Arriola et al. 2025, arXiv 2503.09573), which is
+itself MDLM (Sahoo et al. 2024, arXiv 2406.07524) applied block by block.
+
+Differences from a GPT-2 style transformer:
+- rotary position embeddings instead of learned ones; untied output head; no weight tying
+- one extra token, MASK (id vocab_size - 1); the head can never predict MASK or padding ids
+- three attention patterns from one set of weights: block diffusion (the 2L "[x_t ; x_0]" mask),
+  global masked diffusion (block size = L, plain full attention) and causal next-token prediction
+- no time conditioning: the masked-diffusion denoiser's optimum p(x_0 | x_t) does not depend on t
+  (the number of MASKs in x_t already says how noisy it is; MDLM §3 / RADD), and BD3-LM feeds its
+  adaLN a constant zero time anyway.
+
+Sections: config and model / attention masks / forward noise and loss / samplers / evaluation.
+"""
+
+import contextlib
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+# -----------------------------------------------------------------------------
+# config and model
+
+@dataclass
+class DiDConfig:
+    seq_len: int = 1024        # L, the length of every training and generated sequence
+    vocab_size: int = 50258    # 50257 GPT-2 tokens + MASK; MASK is always the last id (vocab_size - 1)
+    n_layer: int = 12          # BD3-LM "small": 12 layers x 768 wide x 12 heads
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0       # on the residual branches (BD3-LM used 0.1)
+
+    @property
+    def mask_id(self):
+        return self.vocab_size - 1
+
+    @property
+    def padded_vocab(self):
+        # pad the embedding and head to a multiple of 64 for faster matmuls; padded ids are never predicted
+        return (self.vocab_size + 63) // 64 * 64
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class SelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.n_head = config.n_head
+        # no biases on qkv/out: same weight shapes as BD3-LM's attn_qkv / attn_out
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.dropout = config.dropout
+
+    def forward(self, x, cos, sin, attn_mask=None, is_causal=False, cache=None, layer=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin  # cos, sin: (T, hs), rotary positions of these T tokens
+        k = k * cos + rotate_half(k) * sin
+        if cache is not None:
+            # sampling: write this block's keys/values after the cached clean prefix and attend to
+            # prefix + block with no mask, which is exactly what a block sees in training (M_BD + M_OBC)
+            k, v = cache.put(layer, k, v)  # (B, nh, n + T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return F.dropout(self.c_proj(y), self.dropout, self.training)
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+
+    def forward(self, x):
+        x = F.gelu(self.c_fc(x), approximate='tanh')
+        return F.dropout(self.c_proj(x), self.dropout, self.training)
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = SelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, attn_mask=None, is_causal=False, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), cos, sin, attn_mask, is_causal, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class DiD(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.padded_vocab, config.n_embd)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab)  # untied, with bias (BD3-LM)
+        hs = config.n_embd // config.n_head
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, hs, 2).float() / hs))
+        freqs = torch.outer(torch.arange(config.seq_len).float(), inv_freq)  # (L, hs/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # rotate-half layout over the whole head dim
+        self.register_buffer('cos', emb.cos(), persistent=False)  # (L, hs)
+        self.register_buffer('sin', emb.sin(), persistent=False)
+        self.apply(self._init_weights)
+        for pn, p in self.named_parameters():  # scaled init of the residual projections (GPT-2)
+            if pn.endswith('c_proj.weight'):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        # zero head (as BD3-LM): the first prediction is uniform, the first loss is exactly ln(V-1)
+        nn.init.zeros_(self.lm_head.weight)
+        nn.init.zeros_(self.lm_head.bias)
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def hidden(self, idx, pos, attn_mask=None, is_causal=False, cache=None):
+        """The trunk: idx (B, T) token ids at rotary positions pos (T,) -> final hidden states (B, T, C)."""
+        x = self.wte(idx)
+        cos, sin = self.cos[pos].to(x.dtype), self.sin[pos].to(x.dtype)
+        for i, block in enumerate(self.h):
+            x = block(x, cos, sin, attn_mask, is_causal, cache, i)
+        return self.ln_f(x)
+
+    def logits(self, h):
+        """Head: (..., C) -> (..., padded_vocab) fp32 logits; MASK and padding ids get -inf (SUBS, "zero
+        masking probability": the denoiser must always name a real token)."""
+        logits = self.lm_head(h)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        logits[..., self.config.mask_id:] = float('-inf')
+        return logits
+
+    def forward(self, x0, x_t=None, t=None, block_size=None):
+        """Training loss. With x_t: the block-diffusion NELBO per token (see diffusion_loss). Without x_t:
+        the causal next-token loss (the AR baseline and the perplexity judge)."""
+        if x_t is None:
+            return ar_loss(self, x0)
+        return diffusion_loss(self, x0, x_t, t, block_size)
+
+    def estimate_flops(self, trunk_tokens, head_tokens, attn_len):
+        """FLOPs of one fwd+bwd of one sequence, counted as the hardware runs them (nanoGPT's 6N + attention):
+        trunk_tokens go through the blocks (2L for block diffusion: x_t and x_0 both run), head_tokens
+        through the head (only masked x_t positions), and dense attention scores attn_len x attn_len."""
+        cfg = self.config
+        n_head_params = self.lm_head.weight.numel()
+        n_trunk = sum(p.numel() for p in self.h.parameters())
+        return (6 * (n_trunk * trunk_tokens + n_head_params * head_tokens)
+                + 12 * cfg.n_layer * cfg.n_embd * attn_len * attn_len)
+
+
+# -----------------------------------------------------------------------------
+# attention masks (True = may attend)
+
+@lru_cache(maxsize=16)
+def block_diff_mask(L, block_size, device='cpu'):
+    """The 2L x 2L training mask of BD3-LM (its eq. for M_full) for input [x_t ; x_0], built once per block size.
+    Queries/keys 0..L-1 are the noisy copy x_t, L..2L-1 the clean copy x_0."""
+    i = torch.arange(2 * L, device=device)
+    is_x0 = i >= L
+    blk = (i % L) // block_size
+    q0, k0 = is_x0[:, None], is_x0[None, :]
+    qb, kb = blk[:, None], blk[None, :]
+    bd = (q0 == k0) & (qb == kb)   # block-diagonal: a block sees itself, within its own copy
+    obc = ~q0 & k0 & (qb > kb)     # offset block-causal: noisy block b reads the clean blocks < b
+    bc = q0 & k0 & (qb >= kb)      # block-causal: the clean copy is what the sampler's KV cache holds
+    return bd | obc | bc           # (2L, 2L); the clean copy never sees the noisy copy
+
+
+@lru_cache(maxsize=16)
+def block_causal_mask(L, block_size, device='cpu'):
+    """The clean-copy part of block_diff_mask alone, (L, L): the uncached sampler's mask."""
+    blk = torch.arange(L, device=device) // block_size
+    return blk[:, None] >= blk[None, :]
+
+
+# -----------------------------------------------------------------------------
+# forward noise and the loss
+
+def add_noise(x0, block_size, mask_id, eps_min=1e-3, eps_max=1.0, resample=False, generator=None):
+    """Mask x0 (B, L) block by block. Returns x_t (B, L) and t (B, L), t constant within a block.
+
+    One t per (sequence, block), stratified over all blocks of the batch ("antithetic", BD3-LM _sample_t)
+    to cut the variance of the loss, then clipped to [eps_min, eps_max] (BD3-LM's clipped schedule: small
+    blocks prefer heavy masking). With the linear schedule alpha_t = 1 - t, each token is masked with
+    probability t. resample=True redraws a block's mask until its realized masked fraction lies in the
+    interval too (BD3-LM training.resample), so no block is trained on a fraction its t never asks for."""
+    B, L = x0.shape
+    nblk = L // block_size
+    n = B * nblk
+    g = dict(generator=generator, device=x0.device)
+    u = (torch.rand(n, **g) + torch.arange(n, device=x0.device)) / n  # one draw in each of n strata
+    u = u[torch.randperm(n, **g)].view(B, nblk)  # shuffle so no block position owns a stratum
+    t = eps_min + (eps_max - eps_min) * u
+    t = t.repeat_interleave(block_size, dim=1)  # (B, L)
+    masked = torch.rand(B, L, **g) < t
+    if resample:
+        lo = eps_min if eps_min > 1e-3 else -1.0  # BD3-LM enforces only the bounds that are clipped
+        hi = eps_max if eps_max < 1.0 else 2.0
+        if not any(lo <= j / block_size <= hi for j in range(block_size + 1)):
+            raise ValueError(f"no masked fraction j/{block_size} lies in [{eps_min}, {eps_max}]: widen the "
+                             f"noise interval for block size {block_size} or set resample=False")
+        for _ in range(1000):
+            frac = masked.view(B, nblk, block_size).float().mean(-1)
+            bad = ((frac < lo) | (frac > hi)).repeat_interleave(block_size, dim=1)  # (B, L)
+            if not bad.any():
+                break
+            masked = torch.where(bad, torch.rand(B, L, **g) < t, masked)
+    x_t = torch.where(masked, torch.full_like(x0, mask_id), x0)
+    return x_t, t
+
+
+class HeadCrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy of the head's logits h @ W^T + b (N, V) against targets (N,), with ids >= mask_id
+    excluded (SUBS: MASK and padding get zero probability). The same numbers as F.cross_entropy(model.logits(h)),
+    but the softmax is computed once and reused in backward instead of exponentiating N x V logits twice: on
+    a CPU the 50K-way softmax costs about as much as the head matmul itself."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, target, mask_id):
+        dt = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        logits = torch.addmm(bias.to(dt), h.to(dt), weight.to(dt).t())
+        logits = logits.to(torch.promote_types(dt, torch.float32))  # (N, V), at least fp32
+        logits[:, mask_id:] = float('-inf')
+        target_logit = logits.gather(1, target[:, None]).squeeze(1)
+        m = logits.amax(dim=1, keepdim=True)
+        probs = logits.sub_(m).exp_()  # in place: the logits are not needed again
+        s = probs.sum(dim=1, keepdim=True)
+        probs.div_(s)
+        ctx.save_for_backward(h, weight, probs, target)
+        ctx.dt = dt
+        return s.log().squeeze(1) + m.squeeze(1) - target_logit  # log-sum-exp minus the target logit
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight, dlogits, target = ctx.saved_tensors
+        dlogits[torch.arange(len(target), device=target.device), target] -= 1.0  # softmax - onehot, in place
+        dlogits = dlogits.mul_(grad[:, None]).to(ctx.dt)
+        grad_h = (dlogits @ weight.to(ctx.dt)).to(h.dtype)
+        grad_w = (dlogits.t() @ h.to(ctx.dt)).to(weight.dtype)
+        return grad_h, grad_w, dlogits.sum(0).to(weight.dtype), None, None
+
+
+def head_cross_entropy(model, h, target):
+    return HeadCrossEntropy.apply(h, model.lm_head.weight, model.lm_head.bias, target, model.config.mask_id)
+
+
+def diffusion_loss(model, x0, x_t, t, block_size):
+    """The block-diffusion NELBO per token (BD3-LM eq. L_BD with the SUBS parameterization), vectorized.
+
+    Every block b is denoised given the clean blocks < b. Instead of L/B forward passes, run once over
+    [x_t ; x_0] (B, 2L) with block_diff_mask: noisy block b attends to itself and to clean blocks < b; the
+    clean copy is block-causal so its keys/values equal a KV cache of the clean prefix. Both copies use
+    rotary positions 0..L-1. For block_size = L there is no clean prefix to read: run x_t alone with full
+    attention (MDLM, half the cost, same objective).
+
+    SUBS: unmasked positions are copied (log p = 0, no loss), so the head runs on masked x_t positions
+    only. With alpha_t = 1 - t the NELBO weight -alpha'_t / (1 - alpha_t) is 1/t:
+        loss = sum over masked positions of CE / t, divided by the number of tokens B*L."""
+    B, L = x0.shape
+    pos = torch.arange(L, device=x0.device)
+    if block_size == L:
+        h = model.hidden(x_t, pos)  # (B, L, C)
+    else:
+        mask = block_diff_mask(L, block_size, x0.device)
+        h = model.hidden(torch.cat([x_t, x0], dim=1), torch.cat([pos, pos]), attn_mask=mask)[:, :L]
+    masked = x_t == model.config.mask_id
+    ce = head_cross_entropy(model, h[masked], x0[masked])  # (N,), N masked positions
+    return (ce / t[masked]).sum() / (B * L)
+
+
+def ar_loss(model, idx):
+    """Next-token cross-entropy with a causal mask (the AR baseline; also our own perplexity judge)."""
+    B, T = idx.shape
+    h = model.hidden(idx[:, :-1], torch.arange(T - 1, device=idx.device), is_causal=True)
+    return head_cross_entropy(model, h.flatten(0, 1), idx[:, 1:].flatten()).mean()
+
+
+# -----------------------------------------------------------------------------
+# samplers
+
+class KVCache:
+    """Keys and values of the clean prefix for every layer, (n_layer, B, nh, L, hs), filled up to n.
+    A block's forward writes its keys/values at [n, n + T) and attends to [0, n + T); only a forward
+    over the *clean* block is followed by advance(), so the slot holds exactly what the clean copy
+    x_0 holds in training (block-causal attention, M_BC)."""
+
+    def __init__(self, n_layer, L):
+        self.shape = (n_layer, L)
+        self.k = self.v = None
+        self.n = 0
+
+    def put(self, layer, k, v):
+        if self.k is None:  # allocate on first use, in the compute dtype (bf16 under autocast)
+            B, nh, T, hs = k.shape
+            n_layer, L = self.shape
+            self.k = k.new_zeros(n_layer, B, nh, L, hs)
+            self.v = v.new_zeros(n_layer, B, nh, L, hs)
+        T = k.size(2)
+        self.k[layer, :, :, self.n:self.n + T] = k
+        self.v[layer, :, :, self.n:self.n + T] = v
+        return self.k[layer, :, :, :self.n + T], self.v[layer, :, :, :self.n + T]
+
+    def advance(self, T):
+        self.n += T
+
+
+def sample_tokens(logits, u, top_p=0.9, temperature=1.0):
+    """Draw one token per row of logits (N, V) by inverse CDF with the given uniforms u (N,), from the
+    nucleus (smallest set of tokens whose mass reaches top_p; the token that crosses top_p is kept).
+    Returns tokens (N,) and their probability under the full softmax at this temperature, *before*
+    nucleus truncation: the snapshot confidence measures the model's belief, not the sampler's."""
+    if temperature == 0:
+        tok = logits.argmax(-1)
+        return tok, F.softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1)
+    probs = F.softmax(logits / temperature, dim=-1)  # (N, V)
+    sp, si = probs.sort(dim=-1, descending=True)
+    keep = (sp.cumsum(-1) - sp) < top_p  # mass strictly before this token is below top_p
+    csum = (sp * keep).cumsum(-1)
+    j = torch.searchsorted(csum, (u * csum[:, -1]).unsqueeze(-1)).clamp(max=probs.size(-1) - 1)
+    tok = si.gather(-1, j).squeeze(-1)
+    return tok, probs.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def reveal_counts(m, steps, s):
+    """How many positions each row reveals at step s of a block: m (B,) masked at the start of the block.
+    steps=None: one per step (BD3-LM's first-hitting sampler, B steps per block); else m spread evenly
+    over `steps` steps (several tokens per forward pass: fewer passes, lower quality)."""
+    if steps is None:
+        return (s < m).long()
+    return (m * (s + 1)) // steps - (m * s) // steps
+
+
+@torch.no_grad()
+def denoise(model, x, conf, block_size, gens, steps=None, top_p=0.9, temperature=1.0, use_cache=True):
+    """Fill every MASK in x (B, L) block by block, left to right; x and conf (B, L) are updated in place.
+
+    block_size < L: semi-autoregressive. Clean blocks live in a KV cache; the current block runs alone
+    against it; once the block is complete, one forward over the clean block writes its keys/values.
+    block_size = L: global diffusion, one block with full bidirectional attention and no cache.
+    At each step the positions to reveal are random among the still-masked ones, and the model's head runs
+    on those positions only (the first-hitting sampler's other draws would be thrown away).
+    gens: one torch.Generator per row, so a row's samples do not depend on the rest of the batch.
+    use_cache=False runs the whole prefix each step with the block-causal mask (the slow reference).
+    Returns counts: nfe (denoising forwards), cache_passes, token_forwards (per sequence)."""
+    B, L = x.shape
+    mask_id = model.config.mask_id
+    cache = KVCache(model.config.n_layer, L) if use_cache and block_size < L else None
+    stats = dict(nfe=0, cache_passes=0, token_forwards=0)
+    for start in range(0, L, block_size):
+        end = start + block_size
+        m = (x[:, start:end] == mask_id).sum(1)  # (B,) masked positions per row in this block
+        n_steps = int(m.max()) if steps is None else steps
+        for s in range(n_steps):
+            k = reveal_counts(m, steps, s)  # (B,)
+            if not k.any():
+                continue
+            still = x[:, start:end] == mask_id
+            u = torch.zeros(B, 2, block_size)  # per-row uniforms: position choice, token choice
+            for i in k.nonzero().flatten().tolist():  # only rows that reveal draw, so rows never interact
+                u[i] = torch.rand(2, block_size, generator=gens[i])
+            u = u.to(x.device)
+            score = torch.where(still, u[:, 0], -1.0)
+            rank = score.argsort(dim=1, descending=True).argsort(dim=1)
+            reveal = still & (rank < k[:, None].to(x.device))  # k random masked positions per row
+            if cache is not None:
+                h = model.hidden(x[:, start:end], torch.arange(start, end, device=x.device), cache=cache)
+            elif block_size == L:
+                h = model.hidden(x, torch.arange(L, device=x.device))
+            else:
+                mask = block_causal_mask(L, block_size, x.device)[:end, :end]
+                h = model.hidden(x[:, :end], torch.arange(end, device=x.device), attn_mask=mask)[:, start:]
+            tok, p = sample_tokens(model.logits(h[reveal]), u[:, 1][reveal], top_p, temperature)
+            x[:, start:end][reveal] = tok
+            conf[:, start:end][reveal] = p
+            stats['nfe'] += 1
+            stats['token_forwards'] += block_size if cache is not None or block_size == L else end
+        if cache is not None and end < L:  # the last block's keys/values would never be read
+            model.hidden(x[:, start:end], torch.arange(start, end, device=x.device), cache=cache)
+            cache.advance(block_size)
+            stats['cache_passes'] += 1
+            stats['token_forwards'] += block_size
+    return stats
+
+
+@torch.no_grad()
+def posthoc_confidence(model, x):
+    """The paper's baseline score: one full-attention forward over the finished sequence, and the
+    probability each present token gets there. Note that a SUBS-trained denoiser is never trained at
+    unmasked positions (they are copied), which is one reason this score cannot find the draft's errors."""
+    h = model.hidden(x, torch.arange(x.size(1), device=x.device))
+    return F.softmax(model.logits(h), dim=-1).gather(-1, x[..., None]).squeeze(-1)  # (B, L)
+
+
+def check_stages(stages, L, prompt_len, remask):
+    if not stages or stages[0][1] != 1.0:
+        raise ValueError(f"the first stage is the draft and must have gamma = 1 (all masked), got {stages}")
+    for bs, gamma, *_ in stages:
+        if bs <= 0 or L % bs:
+            raise ValueError(f"block size {bs} does not divide the sequence length {L}; use a divisor of {L}")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"remask ratio gamma={gamma} is outside [0, 1]")
+    if not 0 < prompt_len < L:
+        raise ValueError(f"prompt of {prompt_len} tokens must be between 1 and {L - 1} tokens (seq_len {L})")
+    if remask not in ('snapshot', 'posthoc', 'random'):
+        raise ValueError(f"unknown remask strategy {remask!r}; use snapshot, posthoc or random")
+
+
+@torch.no_grad()
+def generate(model, prompt, seeds, stages=((4, 1.0), (1024, 0.25)), remask='snapshot', top_p=0.9,
+             temperature=1.0, use_cache=True):
+    """Diffusion in Diffusion: K-stage generation of len(seeds) sequences of seq_len tokens.
+
+    prompt: list of token ids at positions 0.. (default in sample.py: [<|endoftext|>], as BD3-LM).
+    stages: (block_size, gamma) or (block_size, gamma, steps) per stage. Stage 1 (gamma = 1) drafts from an
+    all-MASK sequence; each later stage remasks floor(gamma * n) of the n generated positions per sequence,
+    chosen by `remask`, and denoises them again with its block size (paper §3: draft B=4, refine B=L).
+      snapshot: lowest snapshot confidence (probability of the token when it was committed; DiD's method)
+      posthoc:  lowest probability under one forward pass over the finished sequence (the paper's baseline)
+      random:   uniformly random positions
+    seeds: one seed per sequence; sequence i is the same whatever batch it runs in.
+    Returns a dict: tokens (B, L), conf (B, L) snapshot confidences (1.0 on the prompt), remasked: one
+    (B, L) bool per stage, and stats: one dict of forward-pass counts per stage."""
+    L, mask_id = model.config.seq_len, model.config.mask_id
+    P = len(prompt)
+    check_stages(stages, L, P, remask)
+    device = model.lm_head.weight.device
+    B = len(seeds)
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    x = torch.full((B, L), mask_id, dtype=torch.long, device=device)
+    x[:, :P] = torch.tensor(prompt, dtype=torch.long, device=device)
+    conf = torch.ones(B, L, device=device)
+    remasked, stats = [], []
+    for k, (bs, gamma, *steps) in enumerate(stages):
+        if k == 0:
+            sel = x == mask_id
+        else:
+            r = math.floor(gamma * (L - P))
+            if remask == 'snapshot':
+                score = conf.clone()
+            elif remask == 'posthoc':
+                score = posthoc_confidence(model, x).float()
+            else:
+                score = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device)
+            score[:, :P] = float('inf')  # prompt tokens are never remasked
+            idx = score.argsort(dim=1, stable=True)[:, :r]  # (B, r) lowest scores
+            sel = torch.zeros_like(x, dtype=torch.bool).scatter_(1, idx, True)
+            x[sel] = mask_id
+        remasked.append(sel)
+        stats.append(denoise(model, x, conf, bs, gens, steps[0] if steps else None, top_p, temperature, use_cache))
+    return dict(tokens=x, conf=conf, remasked=remasked, stats=stats)
+
+
+# -----------------------------------------------------------------------------
+# evaluation
+
+@torch.no_grad()
+def nelbo(model, batches, block_size, seed=1337, ctx=None):
+    """Validation NELBO per token (nats) at any block size: unclipped t in [1e-3, 1], no resampling, one
+    seeded noise draw per batch. exp(nelbo) upper-bounds the perplexity. block_size=0 gives the exact AR
+    cross-entropy of a causal model instead."""
+    ctx = ctx or contextlib.nullcontext()
+    total, count = 0.0, 0
+    for i, x0 in enumerate(batches):
+        with ctx:
+            if block_size == 0:
+                loss = ar_loss(model, x0)
+            else:
+                g = torch.Generator(device=x0.device).manual_seed(seed + i)
+                x_t, t = add_noise(x0, block_size, model.config.mask_id, generator=g)
+                loss = diffusion_loss(model, x0, x_t, t, block_size)
+        total, count = total + loss.item(), count + 1
+    return total / count
+
+
+class Tokenizer:
+    """GPT-2 BPE (tiktoken) or characters, as written by prepare_owt.py into meta.json. eot is the document
+    separator <|endoftext|> (50256 for GPT-2), also the default one-token prompt."""
+
+    def __init__(self, meta):
+        self.kind, self.eot, self.vocab_size = meta['tokenizer'], meta['eot'], meta['vocab_size']
+        if self.kind == 'gpt2':
+            import tiktoken
+            self.enc = tiktoken.get_encoding('gpt2')
+        else:
+            self.chars = meta['chars']
+            self.stoi = {c: i for i, c in enumerate(self.chars)}
+
+    def encode(self, text):
+        if self.kind == 'gpt2':
+            return self.enc.encode_ordinary(text)
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids):
+        if self.kind == 'gpt2':
+            return self.enc.decode(list(ids))
+        return ''.join(self.chars[i] if i < len(self.chars) else '<|endoftext|>' for i in ids)

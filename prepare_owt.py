@@ -1,0 +1,106 @@
+"""
+Tokenize OpenWebText, or any local text, into uint16 train.bin / val.bin (+ meta.json) for train.py.
+
+$ python prepare_owt.py                              # all of OpenWebText (needs `datasets`, ~54 GB download)
+$ python prepare_owt.py --num_docs=20000             # stream only the first 20K OWT documents: minutes on a laptop
+$ python prepare_owt.py --input=../shared/data/text/tinyshakespeare.txt --out_dir=data/shakespeare
+$ python prepare_owt.py --input=../shared/data/text/tinyshakespeare.txt --tokenizer=char --out_dir=data/shakespeare_char
+
+Each document is encoded with tiktoken "gpt2" encode_ordinary (or as characters) and *preceded* by the
+<|endoftext|> token, so a training window that starts at a document starts the way sampling does: from
+<|endoftext|> at position 0 (BD3-LM's BOS). Plain-text files are one document each; .jsonl files give one
+document per line (its "text" field). Validation: the last 100K OWT documents (the BD3-LM split), the last
+val_frac of the documents with --num_docs, or the last val_frac of the tokens with --input.
+"""
+
+import argparse
+import json
+import os
+from multiprocessing import Pool
+
+import numpy as np
+from tqdm import tqdm
+
+p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+p.add_argument('--input', nargs='+', help='local .txt / .jsonl files to prepare instead of OpenWebText (offline)')
+p.add_argument('--num_docs', type=int, default=0, help='stream only the first N OpenWebText documents (0: all)')
+p.add_argument('--out_dir', default='data/openwebtext', help='where train.bin, val.bin and meta.json go')
+p.add_argument('--tokenizer', default='gpt2', choices=['gpt2', 'char'], help='GPT-2 BPE, or characters (tiny vocab, fast on a CPU)')
+p.add_argument('--val_frac', type=float, default=0.1, help='validation fraction for --input and --num_docs')
+p.add_argument('--num_proc', type=int, default=max(1, os.cpu_count() // 2), help='tokenizer processes')
+args = p.parse_args()
+
+enc = None
+def encode(text):  # runs in the worker processes
+    global enc
+    if enc is None:
+        import tiktoken
+        enc = tiktoken.get_encoding('gpt2')
+    return np.array([enc.eot_token] + enc.encode_ordinary(text), dtype=np.uint16)
+
+def read_local(paths):
+    docs = []
+    for path in paths:
+        if not os.path.exists(path):
+            raise SystemExit(f"error: --input file {path} not found")
+        with open(path, encoding='utf-8') as f:
+            if path.endswith('.jsonl'):
+                docs += [json.loads(line)['text'] for line in f if line.strip()]
+            else:
+                docs.append(f.read())
+    return docs
+
+def read_owt():
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise SystemExit("error: OpenWebText needs the datasets package: pip install datasets "
+                         "(or prepare local text offline with --input=FILE)")
+    if args.num_docs:
+        ds = load_dataset('openwebtext', split='train', streaming=True, trust_remote_code=True)
+        return [d['text'] for d, _ in zip(ds, tqdm(range(args.num_docs), desc='downloading'))]
+    return load_dataset('openwebtext', split='train', num_proc=args.num_proc, trust_remote_code=True)
+
+def write(path, arrays, total):
+    arr = np.memmap(path, dtype=np.uint16, mode='w+', shape=(total,))
+    idx = 0
+    for a in tqdm(arrays, desc=f'writing {path}'):
+        arr[idx:idx + len(a)] = a
+        idx += len(a)
+    arr.flush()
+
+if __name__ == '__main__':
+    os.makedirs(args.out_dir, exist_ok=True)
+    docs = read_local(args.input) if args.input else read_owt()
+    if args.tokenizer == 'char':
+        chars = sorted(set(''.join(docs)))
+        eot = len(chars)  # one more id for <|endoftext|>
+        stoi = {c: i for i, c in enumerate(chars)}
+        toks = [np.array([eot] + [stoi[c] for c in d], dtype=np.uint16) for d in docs]
+        meta = {'tokenizer': 'char', 'vocab_size': eot + 1, 'eot': eot, 'chars': chars}
+    elif isinstance(docs, list):
+        with Pool(args.num_proc) as pool:
+            toks = list(tqdm(pool.imap(encode, docs, chunksize=64), total=len(docs), desc='tokenizing'))
+        meta = {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eot': 50256}
+    else:  # the full OWT dataset object: tokenize with datasets.map and write in shards (nanoGPT's recipe)
+        n_val = 100_000
+        splits = {'train': docs.select(range(len(docs) - n_val)), 'val': docs.select(range(len(docs) - n_val, len(docs)))}
+        for split, dset in splits.items():
+            dset = dset.map(lambda ex: {'ids': encode(ex['text']), 'len': len(encode(ex['text']))},
+                            remove_columns=['text'], desc=f'tokenizing {split}', num_proc=args.num_proc)
+            total = int(np.sum(dset['len'], dtype=np.uint64))
+            shards = (dset.shard(num_shards=1024, index=i, contiguous=True).with_format('numpy') for i in range(1024))
+            write(os.path.join(args.out_dir, f'{split}.bin'), (np.concatenate(s['ids']) for s in shards), total)
+        json.dump({'tokenizer': 'gpt2', 'vocab_size': 50257, 'eot': 50256}, open(os.path.join(args.out_dir, 'meta.json'), 'w'))
+        raise SystemExit(0)  # train.bin ~9.0B tokens (17 GB), val.bin ~0.2B tokens
+    if args.input:  # split the token stream
+        stream = np.concatenate(toks)
+        n_val = max(1, int(len(stream) * args.val_frac))
+        parts = {'train': [stream[:-n_val]], 'val': [stream[-n_val:]]}
+    else:  # split the documents
+        n_val = max(1, int(len(toks) * args.val_frac))
+        parts = {'train': toks[:-n_val], 'val': toks[-n_val:]}
+    for split, arrays in parts.items():
+        write(os.path.join(args.out_dir, f'{split}.bin'), arrays, sum(len(a) for a in arrays))
+        print(f"{split}: {sum(len(a) for a in arrays):,} tokens")
+    json.dump(meta, open(os.path.join(args.out_dir, 'meta.json'), 'w'))
