@@ -179,6 +179,7 @@ if init_from == 'resume':
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
 elif init_from != 'scratch':
     fail(f"unknown --init_from={init_from!r}: use 'scratch' or 'resume'")
+torch.manual_seed(seed)  # the initial weights (dropout reseeds itself every step, below)
 gptconf = DiDConfig(**model_args)
 model = DiD(gptconf)
 if checkpoint is not None:
