@@ -21,6 +21,7 @@ Differences from a GPT-2 style transformer:
 Sections: config and model / attention masks / forward noise and loss / samplers / evaluation.
 """
 
+import ast
 import contextlib
 import math
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ class SelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.dropout = config.dropout
 
-    def forward(self, x, cos, sin, attn_mask=None, is_causal=False, cache=None, layer=0):
+    def forward(self, x, cos, sin, attn_mask=None, is_causal=False, cache=None, layer=0, n_out=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -80,6 +81,8 @@ class SelfAttention(nn.Module):
             # sampling: write this block's keys/values after the cached clean prefix and attend to
             # prefix + block with no mask, which is exactly what a block sees in training (M_BD + M_OBC)
             k, v = cache.put(layer, k, v)  # (B, nh, n + T, hs)
+        if n_out is not None:  # only the first n_out queries are needed; keys/values come from all T tokens
+            q, attn_mask, T = q[:, :, :n_out], attn_mask[:n_out], n_out
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
@@ -108,8 +111,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, attn_mask=None, is_causal=False, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), cos, sin, attn_mask, is_causal, cache, layer)
+    def forward(self, x, cos, sin, attn_mask=None, is_causal=False, cache=None, layer=0, n_out=None):
+        x = x[:, :n_out] + self.attn(self.ln_1(x), cos, sin, attn_mask, is_causal, cache, layer, n_out)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -147,12 +150,14 @@ class DiD(nn.Module):
     def get_num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def hidden(self, idx, pos, attn_mask=None, is_causal=False, cache=None):
-        """The trunk: idx (B, T) token ids at rotary positions pos (T,) -> final hidden states (B, T, C)."""
+    def hidden(self, idx, pos, attn_mask=None, is_causal=False, cache=None, n_out=None):
+        """The trunk: idx (B, T) token ids at rotary positions pos (T,) -> final hidden states (B, T, C).
+        n_out: return only the first n_out positions; the last layer then skips the others' attention and MLP
+        (the clean half of the 2L training input is only ever read through its keys and values)."""
         x = self.wte(idx)
         cos, sin = self.cos[pos].to(x.dtype), self.sin[pos].to(x.dtype)
         for i, block in enumerate(self.h):
-            x = block(x, cos, sin, attn_mask, is_causal, cache, i)
+            x = block(x, cos, sin, attn_mask, is_causal, cache, i, n_out if i == len(self.h) - 1 else None)
         return self.ln_f(x)
 
     def logits(self, h):
@@ -295,7 +300,7 @@ def diffusion_loss(model, x0, x_t, t, block_size):
         h = model.hidden(x_t, pos)  # (B, L, C)
     else:
         mask = block_diff_mask(L, block_size, x0.device)
-        h = model.hidden(torch.cat([x_t, x0], dim=1), torch.cat([pos, pos]), attn_mask=mask)[:, :L]
+        h = model.hidden(torch.cat([x_t, x0], dim=1), torch.cat([pos, pos]), attn_mask=mask, n_out=L)  # (B, L, C)
     masked = x_t == model.config.mask_id
     ce = head_cross_entropy(model, h[masked], x0[masked])  # (N,), N masked positions
     return (ce / t[masked]).sum() / (B * L)
@@ -345,12 +350,27 @@ def sample_tokens(logits, u, top_p=0.9, temperature=1.0):
     if temperature == 0:
         tok = logits.argmax(-1)
         return tok, F.softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1)
-    probs = F.softmax(logits / temperature, dim=-1)  # (N, V)
-    sp, si = probs.sort(dim=-1, descending=True)
-    keep = (sp.cumsum(-1) - sp) < top_p  # mass strictly before this token is below top_p
-    csum = (sp * keep).cumsum(-1)
-    j = torch.searchsorted(csum, (u * csum[:, -1]).unsqueeze(-1)).clamp(max=probs.size(-1) - 1)
-    tok = si.gather(-1, j).squeeze(-1)
+    probs = F.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)  # (N, V)
+    if top_p >= 1.0:  # no truncation: inverse CDF in vocabulary order
+        csum = probs.cumsum(-1)
+        tok = torch.searchsorted(csum, (u * csum[:, -1])[:, None]).clamp(max=probs.size(-1) - 1).squeeze(-1)
+        return tok, probs.gather(-1, tok[:, None]).squeeze(-1)
+    # a trained model's nucleus is a few dozen tokens: find it with topk, and fall back to a longer topk or
+    # the full 50K-way sort (30x slower) only for the rows whose nucleus is longer
+    tok = torch.empty(len(probs), dtype=torch.long, device=probs.device)
+    rows = torch.arange(len(probs), device=probs.device)
+    for k in (64, 1024, probs.size(-1)):
+        p = probs if len(rows) == len(probs) else probs[rows]
+        sp, si = p.topk(min(k, probs.size(-1)), dim=-1)  # (n, k), sorted descending
+        ok = (sp.sum(-1) >= top_p) | (k >= probs.size(-1))
+        sp, si = sp[ok], si[ok]
+        sp = sp * ((sp.cumsum(-1) - sp) < top_p)  # keep a token if the mass before it is below top_p
+        csum = sp.cumsum(-1)
+        j = torch.searchsorted(csum, (u[rows[ok]] * csum[:, -1])[:, None]).clamp(max=sp.size(-1) - 1)
+        tok[rows[ok]] = si.gather(-1, j).squeeze(-1)
+        rows = rows[~ok]
+        if len(rows) == 0:
+            break
     return tok, probs.gather(-1, tok[:, None]).squeeze(-1)
 
 
@@ -451,8 +471,8 @@ def generate(model, prompt, seeds, stages=((4, 1.0), (1024, 0.25)), remask='snap
       posthoc:  lowest probability under one forward pass over the finished sequence (the paper's baseline)
       random:   uniformly random positions
     seeds: one seed per sequence; sequence i is the same whatever batch it runs in.
-    Returns a dict: tokens (B, L), conf (B, L) snapshot confidences (1.0 on the prompt), remasked: one
-    (B, L) bool per stage, and stats: one dict of forward-pass counts per stage."""
+    Returns a dict: tokens (B, L), conf (B, L) snapshot confidences (1.0 on the prompt), and per stage:
+    remasked (B, L) bool, history (B, L) tokens after the stage, stats (forward-pass counts)."""
     L, mask_id = model.config.seq_len, model.config.mask_id
     P = len(prompt)
     check_stages(stages, L, P, remask)
@@ -461,8 +481,8 @@ def generate(model, prompt, seeds, stages=((4, 1.0), (1024, 0.25)), remask='snap
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     x = torch.full((B, L), mask_id, dtype=torch.long, device=device)
     x[:, :P] = torch.tensor(prompt, dtype=torch.long, device=device)
-    conf = torch.ones(B, L, device=device)
-    remasked, stats = [], []
+    conf = torch.ones(B, L, device=device, dtype=torch.promote_types(model.lm_head.weight.dtype, torch.float32))
+    remasked, history, stats = [], [], []
     for k, (bs, gamma, *steps) in enumerate(stages):
         if k == 0:
             sel = x == mask_id
@@ -480,7 +500,8 @@ def generate(model, prompt, seeds, stages=((4, 1.0), (1024, 0.25)), remask='snap
             x[sel] = mask_id
         remasked.append(sel)
         stats.append(denoise(model, x, conf, bs, gens, steps[0] if steps else None, top_p, temperature, use_cache))
-    return dict(tokens=x, conf=conf, remasked=remasked, stats=stats)
+        history.append(x.clone())
+    return dict(tokens=x, conf=conf, remasked=remasked, history=history, stats=stats)
 
 
 # -----------------------------------------------------------------------------
@@ -519,11 +540,108 @@ class Tokenizer:
             self.stoi = {c: i for i, c in enumerate(self.chars)}
 
     def encode(self, text):
-        if self.kind == 'gpt2':
-            return self.enc.encode_ordinary(text)
-        return [self.stoi[c] for c in text]
+        """Plain text -> ids; a literal "<|endoftext|>" in the text becomes the eot token."""
+        pieces = [self.enc.encode_ordinary(p) if self.kind == 'gpt2' else [self.stoi[c] for c in p]
+                  for p in text.split('<|endoftext|>')]
+        return sum((([self.eot] if i else []) + p for i, p in enumerate(pieces)), [])
 
     def decode(self, ids):
         if self.kind == 'gpt2':
             return self.enc.decode(list(ids))
         return ''.join(self.chars[i] if i < len(self.chars) else '<|endoftext|>' for i in ids)
+
+
+def configure(cfg, argv):
+    """The poor man's configurator (nanoGPT): argv holds config files (python, run in cfg) and --key=value
+    overrides of the script's config block cfg (its globals), type-checked. Returns the config keys."""
+    keys = [k for k, v in cfg.items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, dict, list, tuple, type(None)))]
+    for arg in argv:
+        if not arg.startswith('--'):
+            print(f"overriding config with {arg}")
+            exec(open(arg).read(), cfg)
+            continue
+        key, eq, val = arg[2:].partition('=')
+        if not eq and isinstance(cfg.get(key), bool):
+            val = 'True'  # a bare --flag switches a boolean on
+        if key not in keys:
+            raise SystemExit(f"error: unknown config key --{key}; the keys are in the config block at the top of the script")
+        try:
+            val = ast.literal_eval(val)
+        except (ValueError, SyntaxError):
+            pass  # a plain string
+        old = cfg[key]
+        if old is not None and not isinstance(val, type(old)) and not (isinstance(val, int) and isinstance(old, float)):
+            raise SystemExit(f"error: --{key}={val!r} should be a {type(old).__name__}")
+        cfg[key] = val
+    return keys
+
+
+# -----------------------------------------------------------------------------
+# generative perplexity (the BD3-LM protocol) and entropy
+
+@torch.no_grad()
+def sample_nll(logits_fn, ids, eos, ctx_len, stride=None):
+    """Summed NLL and count of one sample's scored tokens under a causal judge: logits_fn(ids (T,)) -> (T, V).
+    The first token is context only, never scored; targets equal to eos are excluded (BD3-LM). A sample longer
+    than the judge's context is scored with a sliding window of ctx_len and stride ctx_len // 2: the first
+    window scores all its tokens, each later one only the tokens no earlier window scored."""
+    stride = stride or ctx_len // 2
+    T = len(ids)
+    nll, count, scored_to = 0.0, 0, 1
+    for begin in range(0, T, stride):
+        end = min(begin + ctx_len, T)
+        logp = F.log_softmax(logits_fn(ids[begin:end]).double(), dim=-1)  # (end - begin, V)
+        tgt = ids[scored_to:end]
+        lp = logp[scored_to - 1 - begin:end - 1 - begin].gather(-1, tgt[:, None]).squeeze(-1)
+        keep = tgt != eos
+        nll, count = nll - lp[keep].sum().item(), count + int(keep.sum())
+        scored_to = end
+        if end == T:
+            break
+    return nll, count
+
+
+def gen_ppl(logits_fn, samples, eos, ctx_len):
+    """Generative perplexity of samples (lists of judge token ids): the mean of the per-sample perplexities
+    (what the BD3-LM and DiD tables report), their std, and the token-weighted perplexity beside it."""
+    per = [sample_nll(logits_fn, torch.as_tensor(s), eos, ctx_len) for s in samples]
+    ppls = torch.tensor([math.exp(n / max(c, 1)) for n, c in per], dtype=torch.float64)
+    weighted = math.exp(sum(n for n, _ in per) / max(sum(c for _, c in per), 1))
+    return ppls.mean().item(), (ppls.std().item() if len(ppls) > 1 else 0.0), weighted, ppls.tolist()
+
+
+def unigram_entropy(ids):
+    """Entropy (nats) of the token frequencies within one sample; real OWT text is about 5.6, repetition lower."""
+    _, counts = torch.unique(torch.as_tensor(ids), return_counts=True)
+    p = counts.double() / counts.sum()
+    return -(p * p.log()).sum().item()
+
+
+class Judge:
+    """A causal LM that scores samples: our own AR checkpoint (train.py --causal=True), or 'gpt2-large' (the
+    paper's judge, through the optional transformers package). Both re-encode the decoded text."""
+
+    def __init__(self, name, device='cpu'):
+        self.device = device
+        if name.startswith('gpt2'):
+            try:
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+            except ImportError:
+                raise SystemExit(f"error: --judge={name} needs transformers: pip install transformers "
+                                 f"(or pass --judge=path/to/ar_ckpt.pt, an AR model trained with --causal=True)")
+            self.tok = AutoTokenizer.from_pretrained(name)
+            self.model = AutoModelForCausalLM.from_pretrained(name).to(device).eval()
+            self.eos, self.ctx_len = self.tok.eos_token_id, self.model.config.n_positions
+            self.encode = lambda text: self.tok(text, add_special_tokens=False)['input_ids']
+            self.logits = lambda ids: self.model(ids[None].to(device)).logits[0]
+        else:
+            ckpt = torch.load(name, map_location=device, weights_only=False)
+            if not ckpt['config'].get('causal'):
+                raise SystemExit(f"error: judge {name} is not a causal model: train one with train.py --causal=True")
+            self.model = DiD(DiDConfig(**ckpt['model_args']))
+            self.model.load_state_dict(ckpt['ema'])
+            self.model.to(device).eval()
+            tok = Tokenizer(ckpt['meta'])
+            self.eos, self.ctx_len, self.encode = tok.eot, self.model.config.seq_len, tok.encode
+            self.logits = lambda ids: self.model.logits(self.model.hidden(
+                ids[None].to(device), torch.arange(len(ids), device=device), is_causal=True))[0, :, :tok.vocab_size]

@@ -209,10 +209,16 @@ def train(tmp_path, *args, torchrun=0):
     return losses, out.stdout
 
 
-def test_training_lowers_loss_and_resume_is_exact(tmp_path):
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    """Data, and 40 iterations of train.py with a checkpoint every 20, shared by the tests below."""
+    tmp_path = tmp_path_factory.mktemp('run')
     make_data(tmp_path)
-    # uninterrupted: 40 iterations, a checkpoint every 20
-    full, log = train(tmp_path, '--max_iters=40', '--eval_interval=20', '--out_dir=a')
+    return tmp_path, *train(tmp_path, '--max_iters=40', '--eval_interval=20', '--out_dir=a')
+
+
+def test_training_lowers_loss_and_resume_is_exact(tiny_run):
+    tmp_path, full, log = tiny_run
     val = [float(v) for v in re.findall(r'val/nelbo_B4 ([\d.]+)', log)]
     assert len(val) == 2 and val[1] < val[0] < math.log(65) and full[40] < full[1]
     # interrupted at 20, then resumed to 40: the same losses, to the last printed digit
@@ -226,16 +232,16 @@ def test_training_lowers_loss_and_resume_is_exact(tmp_path):
     assert not (tmp_path / 'b' / 'ckpt.pt.tmp').exists()
 
 
-def test_two_process_ddp_matches_one_process(tmp_path):
-    make_data(tmp_path)
+def test_two_process_ddp_matches_one_process(tiny_run):
+    tmp_path = tiny_run[0]
     one, _ = train(tmp_path, '--max_iters=3', '--eval_interval=100', '--batch_size=4', '--out_dir=one')
     two, _ = train(tmp_path, '--max_iters=3', '--eval_interval=100', '--batch_size=4', '--out_dir=two', torchrun=2)
     assert sorted(one) == sorted(two) == [1, 2, 3]
     assert all(abs(one[i] - two[i]) < 1e-5 for i in one), (one, two)
 
 
-def test_bad_input_gives_one_clear_line(tmp_path):
-    make_data(tmp_path)
+def test_bad_input_gives_one_clear_line(tiny_run):
+    tmp_path = tiny_run[0]
     cases = [(['--dataset=nope'], 'prepare_owt.py'),
              (['--block_mix={5: 1.0}'], 'does not divide seq_len'),
              (['--block_mix={4: 0.5}'], 'sum to'),
@@ -271,3 +277,192 @@ def test_prepare_roundtrips_gpt2_with_eot_between_documents(tmp_path):
     assert ids == expected
     assert enc.decode(ids) == ''.join('<|endoftext|>' + d for d in docs)
     assert json.load(open(tmp_path / 'out' / 'meta.json'))['vocab_size'] == 50257
+
+
+# -----------------------------------------------------------------------------
+# samplers
+
+@pytest.mark.parametrize('B', [1, 4, 8, 16])
+def test_kv_cached_draft_equals_uncached(B):
+    model = tiny_model()
+    cached = generate(model, [5], seeds=[1, 2, 3], stages=[(B, 1.0)], use_cache=True)
+    uncached = generate(model, [5], seeds=[1, 2, 3], stages=[(B, 1.0)], use_cache=False)
+    assert torch.equal(cached['tokens'], uncached['tokens'])
+    assert torch.allclose(cached['conf'], uncached['conf'], rtol=1e-10)
+    assert cached['stats'][0]['nfe'] == uncached['stats'][0]['nfe'] == 31  # one token per forward
+    assert cached['stats'][0]['token_forwards'] < uncached['stats'][0]['token_forwards'] or B == 32
+
+
+def test_cached_block_logits_equal_training_noisy_half():
+    model = tiny_model()
+    L, B = 32, 4
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randint(0, 39, (2, L), generator=g)
+    x_t, _ = add_noise(x0, B, 39, generator=g)
+    pos = torch.arange(L)
+    h = model.hidden(torch.cat([x_t, x0], 1), torch.cat([pos, pos]), attn_mask=block_diff_mask(L, B))[:, :L]
+    train_logits = model.logits(h)
+    cache = KVCache(model.config.n_layer, L)
+    for s in range(0, L, B):
+        hb = model.hidden(x_t[:, s:s + B], torch.arange(s, s + B), cache=cache)  # the noisy block, as sampled
+        assert torch.allclose(model.logits(hb), train_logits[:, s:s + B], rtol=1e-9, atol=1e-10)
+        model.hidden(x0[:, s:s + B], torch.arange(s, s + B), cache=cache)  # then its clean keys/values
+        cache.advance(B)
+
+
+def test_draft_fills_everything_keeps_prompt_and_counts_forwards():
+    model = tiny_model()
+    prompt = [3, 7, 11, 2, 9, 1]  # reaches into the second block of 4
+    out = generate(model, prompt, seeds=[0, 1], stages=[(4, 1.0)])
+    assert not (out['tokens'] == 39).any()
+    assert (out['tokens'][:, :6] == torch.tensor(prompt)).all()
+    assert out['stats'][0] == dict(nfe=32 - 6, cache_passes=32 // 4 - 1, token_forwards=(26 + 7) * 4)
+    # two steps per block of 8: block 0 has 2 masked (one each step), the others 8 (four each step)
+    out = generate(model, prompt, seeds=[0, 1], stages=[(8, 1.0, 2)])
+    assert not (out['tokens'] == 39).any()
+    assert out['stats'][0] == dict(nfe=4 * 2, cache_passes=3, token_forwards=(8 + 3) * 8)
+    # a global draft (B = L) runs the whole sequence each step, with no cache
+    out = generate(model, prompt, seeds=[0], stages=[(32, 1.0, 5)])
+    assert not (out['tokens'] == 39).any() and out['stats'][0] == dict(nfe=5, cache_passes=0, token_forwards=5 * 32)
+
+
+@pytest.mark.parametrize('remask', ['snapshot', 'posthoc', 'random'])
+def test_refine_remasks_floor_gamma_n_lowest_and_keeps_the_rest(remask):
+    model = tiny_model()
+    seeds = [4, 5, 6]
+    draft = generate(model, [5], seeds, stages=[(4, 1.0)])
+    for gamma, refine_b in [(0.25, 32), (0.5, 8)]:
+        out = generate(model, [5], seeds, stages=[(4, 1.0), (refine_b, gamma)], remask=remask)
+        sel = out['remasked'][1]
+        r = math.floor(gamma * 31)
+        assert (sel.sum(1) == r).all() and not sel[:, 0].any()  # the prompt is never remasked
+        assert torch.equal(out['history'][0], draft['tokens'])  # same seeds: the same draft
+        assert torch.equal(out['tokens'][~sel], draft['tokens'][~sel])  # everything else is untouched
+        assert torch.equal(out['conf'][~sel], draft['conf'][~sel])
+        assert not (out['tokens'] == 39).any()
+        if remask == 'snapshot':
+            lowest = draft['conf'][:, 1:].argsort(dim=1)[:, :r] + 1
+            assert torch.equal(sel, torch.zeros_like(sel).scatter_(1, lowest, True))
+            # the refined positions got fresh snapshot confidences from the refine stage
+            assert not torch.equal(out['conf'][sel], draft['conf'][sel])
+
+
+def test_snapshot_confidence_is_the_probability_at_commit():
+    """A model whose output distribution we know: zero head weights, so p = softmax(bias) at every position."""
+    model = tiny_model(V=8)  # 7 real tokens + MASK
+    p = torch.tensor([0.4, 0.25, 0.15, 0.1, 0.05, 0.03, 0.02], dtype=torch.float64)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.bias[:7] = p.log()
+    seeds = list(range(6))
+    out = generate(model, [0], seeds, stages=[(4, 1.0)], top_p=1.0)
+    assert torch.allclose(out['conf'][:, 1:], p[out['tokens'][:, 1:]])
+    assert len(out['tokens'][:, 1:].unique()) >= 5  # really sampled from the whole distribution
+    # nucleus 0.6 keeps {0, 1} (0.4 < 0.6 before token 1; 0.65 >= 0.6 before token 2); the confidence is
+    # still the untruncated probability
+    out = generate(model, [0], seeds, stages=[(4, 1.0)], top_p=0.6)
+    assert set(out['tokens'][:, 1:].unique().tolist()) == {0, 1}
+    assert torch.allclose(out['conf'][:, 1:], p[out['tokens'][:, 1:]])
+    # temperature reshapes the distribution the token is drawn from, and the recorded probability with it
+    out = generate(model, [0], seeds, stages=[(4, 1.0)], top_p=1.0, temperature=0.5)
+    assert torch.allclose(out['conf'][:, 1:], F.softmax(p.log() / 0.5, -1)[out['tokens'][:, 1:]])
+
+
+def test_sampling_is_seeded_and_batch_invariant():
+    model = tiny_model()
+    stages = [(4, 1.0), (32, 0.5)]
+    a = generate(model, [5], [10, 11, 12], stages)
+    b = generate(model, [5], [10, 11, 12], stages)
+    assert torch.equal(a['tokens'], b['tokens'])
+    for i, s in enumerate([10, 11, 12]):  # each sequence alone: the same tokens (RNG is per sequence)
+        one = generate(model, [5], [s], stages)
+        assert torch.equal(one['tokens'][0], a['tokens'][i])
+        assert torch.equal(one['remasked'][1][0], a['remasked'][1][i])
+    assert not torch.equal(a['tokens'][0], a['tokens'][1])
+
+
+def test_sampler_bad_input():
+    model = tiny_model()
+    for stages, prompt, remask, msg in [([(5, 1.0)], [1], 'snapshot', 'does not divide'),
+                                        ([(4, 1.0), (32, 1.5)], [1], 'snapshot', 'outside'),
+                                        ([(4, 0.5)], [1], 'snapshot', 'first stage'),
+                                        ([(4, 1.0)], [1] * 32, 'snapshot', 'prompt'),
+                                        ([(4, 1.0), (32, 0.2)], [1], 'best', 'unknown remask')]:
+        with pytest.raises(ValueError, match=msg):
+            generate(model, prompt, [0], stages, remask=remask)
+
+
+def test_sample_py_end_to_end(tiny_run):
+    tmp_path = tiny_run[0]
+    cmd = [sys.executable, os.path.join(ROOT, 'sample.py'), '--out_dir=a', '--num_samples=3', '--batch_size=2',
+           '--stages=4:1.0,L:0.25', '--out=s.jsonl', '--show', '--prompt=ROMEO:']
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in open(tmp_path / 's.jsonl')]
+    meta = json.load(open(tmp_path / 'data' / 'tiny' / 'meta.json'))
+    assert len(rows) == 3 and [r['seed'] for r in rows] == [1337, 1338, 1339]
+    for r in rows:
+        assert len(r['tokens']) == 64 and max(r['tokens']) < meta['vocab_size']  # no MASK (id vocab_size)
+        assert r['text'].startswith('<|endoftext|>ROMEO:') and len(r['remasked'][0]) == math.floor(0.25 * (64 - 7))
+        assert set(r['changed']) <= set(r['remasked'][0]) and len(r['conf']) == 64
+    assert '\033[33m' in out.stdout and 'generated tokens/s' in out.stdout
+    bad = subprocess.run(cmd[:-3] + ['--stages=5:1.0'], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode != 0 and 'does not divide' in bad.stderr and 'Traceback' not in bad.stderr
+
+
+# -----------------------------------------------------------------------------
+# generative perplexity and entropy
+
+def test_gen_ppl_matches_hand_computation():
+    from did import gen_ppl, sample_nll, unigram_entropy
+    V, eos = 6, 5
+    # a judge whose prediction at row r of its input window puts logit r + 1 on the token at that row: the
+    # numbers depend on where each window starts, so the windowing is checked too
+    def logits_fn(ids):
+        out = torch.zeros(len(ids), V, dtype=torch.float64)
+        out[torch.arange(len(ids)), ids] = torch.arange(len(ids), dtype=torch.float64) + 1
+        return out
+    def logp(window, r, target):  # log-softmax by hand
+        z = [0.0] * V
+        z[window[r]] = r + 1.0
+        return z[target] - math.log(sum(math.exp(v) for v in z))
+    ids = [eos, 1, 2, 5, 3, 1, 4]  # the eos target at position 3 is excluded; position 0 is never scored
+    # ctx_len 4, stride 2: window [0,4) scores targets 1..3, window [2,6) targets 4..5, window [4,7) target 6
+    expected = [(1, 0, 0), (2, 0, 1), (4, 2, 1), (5, 2, 2), (6, 4, 1)]  # (target position, window start, row)
+    nll = -sum(logp(ids[b:b + 4], r, ids[j]) for j, b, r in expected)
+    got_nll, count = sample_nll(logits_fn, torch.tensor(ids), eos, ctx_len=4)
+    assert count == 5 and abs(got_nll - nll) < 1e-12
+    # without windowing (long context) each target is read at row j - 1 of one window
+    nll_full = -sum(logp(ids, j - 1, ids[j]) for j in (1, 2, 4, 5, 6))
+    assert abs(sample_nll(logits_fn, torch.tensor(ids), eos, ctx_len=64)[0] - nll_full) < 1e-12
+    # the mean of per-sample perplexities, and the token-weighted one
+    other = [eos, 2, 2]
+    n2 = -sum(logp(other, j - 1, other[j]) for j in (1, 2))
+    mean, std, weighted, per = gen_ppl(logits_fn, [ids, other], eos, ctx_len=64)
+    assert abs(mean - (math.exp(nll_full / 5) + math.exp(n2 / 2)) / 2) < 1e-9
+    assert abs(weighted - math.exp((nll_full + n2) / 7)) < 1e-9
+    # unigram entropy in nats
+    assert abs(unigram_entropy([1, 1, 2, 3]) - -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))) < 1e-12
+
+
+def test_sample_eval_with_our_own_ar_judge(tiny_run):
+    tmp_path = tiny_run[0]
+    train(tmp_path, '--max_iters=10', '--eval_interval=10', '--out_dir=ar', '--causal=True')
+    cmd = [sys.executable, os.path.join(ROOT, 'sample.py'), '--out_dir=a', '--num_samples=4', '--batch_size=2',
+           '--stages=4:1.0,L:0.25', '--eval', '--judge=ar/ckpt.pt']
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 1.0 < row['gen_ppl'] < 66 and 0 < row['entropy'] < math.log(64) and row['num_samples'] == 4
+    assert row['forwards'] == 63 + 15 + 15  # draft: 63 reveals + 15 cache writes; refine: floor(0.25 * 63)
+    assert '| 4:1.0,L:0.25 | snapshot | 0.25 |' in out.stdout
+
+
+def test_bench_runs_end_to_end():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'bench.py'), '--shape=smoke', '--vocab_size=40',
+                          '--train_iters=1', '--warmup=0', '--sample_batch=2', '--long_len=64', '--device=cpu'],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for line in ('block diffusion B=4', 'global B=L=32', 'AR (causal)', 'uncached draft B=4',
+                 'draft + global refine gamma=0.25', 'cached / uncached at L=64'):
+        assert line in out.stdout, line

@@ -26,7 +26,7 @@ import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from did import DiD, DiDConfig, add_noise, nelbo
+from did import DiD, DiDConfig, add_noise, configure, nelbo
 
 # -----------------------------------------------------------------------------
 # default config values: the paper's OWT shape (BD3-LM small, L=1024, mix-scale 4/1024)
@@ -72,22 +72,7 @@ dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported
 compile = torch.cuda.is_available()  # torch.compile the model (PyTorch 2.0+)
 seed = 1337
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, dict, list, tuple, type(None)))]
-for arg in sys.argv[1:]:  # the poor man's configurator: config files, then --key=value overrides
-    if not arg.startswith('--'):
-        print(f"overriding config with {arg}")
-        exec(open(arg).read())
-        continue
-    key, _, val = arg[2:].partition('=')
-    if key not in config_keys:
-        sys.exit(f"error: unknown config key --{key}; the keys are listed at the top of train.py")
-    try:
-        val = ast.literal_eval(val)
-    except (ValueError, SyntaxError):
-        pass  # a plain string
-    if globals()[key] is not None and not isinstance(val, type(globals()[key])) and not (isinstance(val, int) and isinstance(globals()[key], float)):
-        sys.exit(f"error: --{key}={val!r} should be a {type(globals()[key]).__name__}")
-    globals()[key] = val
+config_keys = configure(globals(), sys.argv[1:])  # apply config/*.py files, then --key=value overrides
 config = {k: globals()[k] for k in config_keys}  # logged and saved in the checkpoint
 # -----------------------------------------------------------------------------
 
@@ -134,7 +119,7 @@ ctx = contextlib.nullcontext() if device_type == 'cpu' else torch.amp.autocast(d
 
 # the poor man's data loader; recreate the memmap every batch to avoid a memory leak (nanoGPT)
 meta_path = os.path.join(data_dir, 'meta.json')
-meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {'vocab_size': 50257}
+meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eot': 50256}
 if vocab_size is None:
     vocab_size = meta['vocab_size'] + 1  # + MASK
 
@@ -220,7 +205,8 @@ def get_lr(it):  # linear warmup, then constant (BD3-LM)
 
 def save_checkpoint():
     ckpt = {'model': raw_model.state_dict(), 'ema': ema_model.state_dict(), 'optimizer': optimizer.state_dict(),
-            'model_args': model_args, 'config': config, 'iter_num': iter_num, 'best_val_loss': best_val_loss}
+            'model_args': model_args, 'config': config, 'iter_num': iter_num, 'best_val_loss': best_val_loss,
+            'meta': meta}  # the tokenizer, so sample.py needs no data folder
     tmp = ckpt_path + '.tmp'
     torch.save(ckpt, tmp)
     os.replace(tmp, ckpt_path)  # atomic: an interrupted save never leaves a broken ckpt.pt

@@ -1,0 +1,131 @@
+"""
+Benchmark training and sampling in one run, and compare the variants as ratios.
+
+$ python bench.py                     # --shape=tiny: 4 layers x 256 wide, L=256, GPT-2 vocab (the CPU targets)
+$ python bench.py --shape=owt         # 12 x 768, L=1024 (BD3-LM small): on a GPU
+$ python bench.py --vocab_size=67     # the same shape with a character vocabulary
+
+Training: seconds per optimizer step, data tokens/s and MFU (GPU) for block diffusion at B=4 (the 2L path),
+global diffusion B=L and the causal AR model, at the same shape and batch. Sampling: generated tokens/s of
+the KV-cached draft at batch 1 and batch sample_batch, the uncached draft, and refinement at gamma 0.25/0.5
+(their cost relative to the draft), plus cached vs uncached at L=long_len.
+"""
+
+import contextlib
+import sys
+import time
+
+import torch
+
+from did import DiD, DiDConfig, add_noise, configure, generate
+
+# -----------------------------------------------------------------------------
+shape = 'tiny'                  # 'tiny' (CPU), 'owt' (GPU) or 'smoke' (seconds)
+vocab_size = 50258              # GPT-2 + MASK; a character vocabulary makes the head negligible
+batch_size = 8                  # training sequences per step
+train_iters = 5                 # timed training steps per variant (after warmup)
+warmup = 2                      # untimed steps first
+sample_batch = 32               # the batched sampler's batch (also timed at twice this)
+head_std = 0.3                  # random head weights scaled so the predictive entropy is LM-like (~3 nats), see below
+long_len = 1024                 # sequence length of the cached-vs-uncached comparison
+skip_long = False               # skip the cached-vs-uncached comparison at long_len
+device = 'cuda' if torch.cuda.is_available() else 'cpu'
+dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'
+compile = False                 # torch.compile the training forward
+# -----------------------------------------------------------------------------
+configure(globals(), sys.argv[1:])
+SHAPES = {'tiny': dict(n_layer=4, n_head=4, n_embd=256, seq_len=256), 'owt': dict(n_layer=12, n_head=12, n_embd=768, seq_len=1024),
+          'smoke': dict(n_layer=1, n_head=2, n_embd=32, seq_len=32)}  # smoke: the tests' end-to-end run
+if shape not in SHAPES:
+    raise SystemExit(f"error: unknown --shape={shape}; use one of {list(SHAPES)}")
+torch.manual_seed(0)
+ctx = contextlib.nullcontext() if device == 'cpu' else torch.amp.autocast(device_type='cuda', dtype=getattr(torch, dtype))
+sync = torch.cuda.synchronize if 'cuda' in device else (lambda: None)
+PEAK = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}
+peak = next((v for k, v in PEAK.items() if 'cuda' in device and k in torch.cuda.get_device_name()), None)
+print(f"device {device} ({torch.cuda.get_device_name() if 'cuda' in device else f'{torch.get_num_threads()} threads'}), "
+      f"dtype {dtype}, shape {shape} {SHAPES[shape]}, vocab {vocab_size}")
+
+cfg = DiDConfig(vocab_size=vocab_size, **SHAPES[shape])
+L = cfg.seq_len
+model = DiD(cfg).to(device)
+fwd = torch.compile(model) if compile else model
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused='cuda' in device)
+x0 = torch.randint(0, vocab_size - 1, (batch_size, L), device=device)
+
+# training: one optimizer step per variant, same data; noise as train.py draws it (B=4: t in [0.5, 1])
+print(f"\ntraining, batch {batch_size} x L={L}:")
+print(f"{'variant':<22}{'s/step':>9}{'tok/s':>10}{'MFU':>7}")
+rows = {}
+for name, bs, clip in [('block diffusion B=4', 4, (0.5, 1.0)), (f'global B=L={L}', L, (1e-3, 1.0)), ('AR (causal)', 0, None)]:
+    g = torch.Generator(device=device).manual_seed(0)
+    times, flops = [], 0.0
+    for it in range(warmup + train_iters):
+        sync()
+        t0 = time.perf_counter()
+        with ctx:
+            if bs:
+                x_t, t = add_noise(x0, bs, cfg.mask_id, *clip, resample=True, generator=g)
+                loss = fwd(x0, x_t, t, bs)
+            else:
+                loss = fwd(x0)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        if it >= warmup:
+            times.append(time.perf_counter() - t0)
+            trunk = 2 * L if 0 < bs < L else L
+            head = (x_t == cfg.mask_id).sum().item() if bs else batch_size * L
+            flops += model.estimate_flops(trunk, 0, trunk) * batch_size + model.estimate_flops(0, head, 0)
+    dt = sum(times) / len(times)
+    rows[name] = dt
+    mfu = f"{100 * flops / sum(times) / peak:.1f}%" if peak else '-'
+    print(f"{name:<22}{dt:>9.3f}{batch_size * L / dt:>10,.0f}{mfu:>7}")
+print(f"step time ratios: B=4 / B=L {rows['block diffusion B=4'] / rows[f'global B=L={L}']:.2f}x, "
+      f"AR / B=L {rows['AR (causal)'] / rows[f'global B=L={L}']:.2f}x")
+
+
+def time_generate(seq_model, n, stages, use_cache=True):
+    sync()
+    t0 = time.perf_counter()
+    with ctx:
+        res = generate(seq_model, [0], list(range(n)), stages, 'snapshot', use_cache=use_cache)
+    sync()
+    return time.perf_counter() - t0, res
+
+
+model = DiD(cfg).to(device).eval()  # a fresh random model for sampling, with a head as peaked as a trained LM's
+with torch.no_grad():  # (whose entropy is about its loss, ~3 nats on OWT); a zero head's uniform 50K-way
+    model.lm_head.weight.normal_(0, head_std)  # distribution would make nucleus sampling needlessly slow
+    p = torch.softmax(model.logits(model.hidden(x0[:4], torch.arange(L, device=device))), -1)
+    print(f"\nrandom sampling model's mean predictive entropy: {-(p * p.clamp_min(1e-30).log()).sum(-1).mean().item():.2f} nats")
+print(f"sampling, L={L}, one token per forward (first-hitting), top_p 0.9:")
+print(f"{'sampler':<34}{'batch':>6}{'seconds':>9}{'tok/s':>10}{'forwards':>10}")
+def row(name, n, dt, res, ref=None):
+    nfe = sum(s['nfe'] + s['cache_passes'] for s in res['stats'])
+    rel = f"  {dt / ref:.2f}x the draft" if ref else ''
+    print(f"{name:<34}{n:>6}{dt:>9.2f}{n * (L - 1) / dt:>10,.0f}{nfe:>10}{rel}")
+dt1, res = time_generate(model, 1, [(4, 1.0)])
+row('cached draft B=4', 1, dt1, res)
+dtb, res = time_generate(model, sample_batch, [(4, 1.0)])
+row('cached draft B=4', sample_batch, dtb, res)
+dt2, res = time_generate(model, 2 * sample_batch, [(4, 1.0)])
+row('cached draft B=4', 2 * sample_batch, dt2, res)
+dtu, res = time_generate(model, sample_batch, [(4, 1.0)], use_cache=False)
+row('uncached draft B=4', sample_batch, dtu, res)
+for gamma in (0.25, 0.5):
+    dtr, res = time_generate(model, sample_batch, [(4, 1.0), (L, gamma)])
+    row(f'draft + global refine gamma={gamma}', sample_batch, dtr, res, ref=dtb)
+print(f"batched cached draft: {(L - 1) * sample_batch / dtb:,.0f} tok/s; cached / uncached: {dtu / dtb:.1f}x")
+
+if not skip_long:
+    long_model = DiD(DiDConfig(vocab_size=vocab_size, **{**SHAPES[shape], 'seq_len': long_len})).to(device).eval()
+    long_model.load_state_dict(model.state_dict())
+    L = long_len
+    print(f"\ncached vs uncached draft at L={long_len}, batch 1:")
+    dtc, res = time_generate(long_model, 1, [(4, 1.0)])
+    row('cached draft B=4', 1, dtc, res)
+    dtu, res = time_generate(long_model, 1, [(4, 1.0)], use_cache=False)
+    row('uncached draft B=4', 1, dtu, res)
+    print(f"cached / uncached at L={long_len}: {dtu / dtc:.1f}x faster")
