@@ -29,6 +29,7 @@ sample_batch = 32               # the batched sampler's batch (also timed at twi
 head_std = 0.3                  # random head weights scaled so the predictive entropy is LM-like (~3 nats), see below
 long_len = 1024                 # sequence length of the cached-vs-uncached comparison
 skip_long = False               # skip the cached-vs-uncached comparison at long_len
+train_only = False              # measure training only
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
 dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'
 compile = False                 # torch.compile the training forward
@@ -84,6 +85,8 @@ for name, bs, clip in [('block diffusion B=4', 4, (0.5, 1.0)), (f'global B=L={L}
     print(f"{name:<22}{dt:>9.3f}{batch_size * L / dt:>10,.0f}{mfu:>7}")
 print(f"step time ratios: B=4 / B=L {rows['block diffusion B=4'] / rows[f'global B=L={L}']:.2f}x, "
       f"AR / B=L {rows['AR (causal)'] / rows[f'global B=L={L}']:.2f}x")
+if train_only:
+    sys.exit(0)
 
 
 def time_generate(seq_model, n, stages, use_cache=True):

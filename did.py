@@ -24,12 +24,14 @@ Sections: config and model / attention masks / forward noise and loss / samplers
 import ast
 import contextlib
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 # -----------------------------------------------------------------------------
 # config and model
@@ -83,8 +85,11 @@ class SelfAttention(nn.Module):
             k, v = cache.put(layer, k, v)  # (B, nh, n + T, hs)
         if n_out is not None:  # only the first n_out queries are needed; keys/values come from all T tokens
             q, attn_mask, T = q[:, :, :n_out], attn_mask[:n_out], n_out
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if isinstance(attn_mask, BlockMask):  # FlexAttention (CUDA): skips the fully masked tiles
+            y = compiled_flex_attention()(q, k, v, block_mask=attn_mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                               dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return F.dropout(self.c_proj(y), self.dropout, self.training)
 
@@ -131,6 +136,7 @@ class DiD(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)  # rotate-half layout over the whole head dim
         self.register_buffer('cos', emb.cos(), persistent=False)  # (L, hs)
         self.register_buffer('sin', emb.sin(), persistent=False)
+        self.flex = False  # True: the 2L training mask runs through FlexAttention (see flex_block_mask)
         self.apply(self._init_weights)
         for pn, p in self.named_parameters():  # scaled init of the residual projections (GPT-2)
             if pn.endswith('c_proj.weight'):
@@ -202,6 +208,22 @@ def block_diff_mask(L, block_size, device='cpu'):
     obc = ~q0 & k0 & (qb > kb)     # offset block-causal: noisy block b reads the clean blocks < b
     bc = q0 & k0 & (qb >= kb)      # block-causal: the clean copy is what the sampler's KV cache holds
     return bd | obc | bc           # (2L, 2L); the clean copy never sees the noisy copy
+
+
+@lru_cache(maxsize=16)
+def flex_block_mask(L, block_size, device='cuda'):
+    """block_diff_mask as a FlexAttention BlockMask (built once per block size). About a quarter of the 2L x 2L
+    scores are live; flex skips the tiles that are fully masked, the dense SDPA path computes them all."""
+    def mask_mod(b, h, q, kv):
+        q0, k0 = q >= L, kv >= L
+        qb, kb = (q % L) // block_size, (kv % L) // block_size
+        return ((q0 == k0) & (qb == kb)) | (~q0 & k0 & (qb > kb)) | (q0 & k0 & (qb >= kb))
+    return create_block_mask(mask_mod, None, None, 2 * L, 2 * L, device=device)
+
+
+@lru_cache(maxsize=1)
+def compiled_flex_attention():
+    return torch.compile(flex_attention, dynamic=False)
 
 
 @lru_cache(maxsize=16)
@@ -298,6 +320,9 @@ def diffusion_loss(model, x0, x_t, t, block_size):
     pos = torch.arange(L, device=x0.device)
     if block_size == L:
         h = model.hidden(x_t, pos)  # (B, L, C)
+    elif model.flex:  # the same mask as a FlexAttention BlockMask (CUDA training and NELBO evaluation)
+        mask = flex_block_mask(L, block_size, str(x0.device))
+        h = model.hidden(torch.cat([x_t, x0], dim=1), torch.cat([pos, pos]), attn_mask=mask)[:, :L]
     else:
         mask = block_diff_mask(L, block_size, x0.device)
         h = model.hidden(torch.cat([x_t, x0], dim=1), torch.cat([pos, pos]), attn_mask=mask, n_out=L)  # (B, L, C)
@@ -575,6 +600,74 @@ def configure(cfg, argv):
         cfg[key] = val
     return keys
 
+
+# -----------------------------------------------------------------------------
+# loading BD3-LM checkpoints (kuleshov-group/bd3lm-owt-*)
+
+@torch.no_grad()
+def from_bd3lm(sd, seq_len=1024, dropout=0.0):
+    """Build a DiD from a BD3-LM / MDLM DiT state dict (keys 'backbone.*' as in its HF model, or without prefix).
+
+    BD3-LM keeps DiT's adaLN but feeds it time 0 (time_conditioning=False), so c = silu(sigma_map(0)) is a
+    constant and every shift, scale and gate is a constant vector. Fold them away:
+      modulate(LN_w(x), shift, scale) = LN(x) * w * (1 + scale) + shift  -> a LayerNorm with weight and bias
+      x + gate * (W y + b)                                              -> gate folded into W's rows and b
+    Returns the model and the checkpoint's clipped noise interval (sampling_eps_min, sampling_eps_max)."""
+    sd = {k.removeprefix('backbone.'): v.double() for k, v in sd.items()}  # fold in float64, store in fp32
+    V, C = sd['vocab_embed.embedding'].shape
+    n_layer = 1 + max(int(k.split('.')[1]) for k in sd if k.startswith('blocks.'))
+    hs = 64  # BD3-LM's head dim (small: 12 heads x 64, medium: 16 x 64)
+    model = DiD(DiDConfig(seq_len=seq_len, vocab_size=V, n_layer=n_layer, n_head=C // hs, n_embd=C, dropout=dropout))
+    # the constant conditioning vector: sinusoidal embedding of t = 0 is [cos 0 ..., sin 0 ...] = [1..., 0...]
+    w0 = sd['sigma_map.mlp.0.weight']
+    emb = torch.cat([torch.ones(w0.shape[1] // 2), torch.zeros(w0.shape[1] - w0.shape[1] // 2)]).double()
+    c = F.silu(F.linear(F.silu(F.linear(emb, w0, sd['sigma_map.mlp.0.bias'])),
+                        sd['sigma_map.mlp.2.weight'], sd['sigma_map.mlp.2.bias']))
+    model.wte.weight[:V] = sd['vocab_embed.embedding']
+    for i, block in enumerate(model.h):
+        p = f'blocks.{i}.'
+        mod = F.linear(c, sd[p + 'adaLN_modulation.weight'], sd[p + 'adaLN_modulation.bias'])
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6)
+        block.ln_1.weight.copy_(sd[p + 'norm1.weight'] * (1 + scale1))
+        block.ln_1.bias.copy_(shift1)
+        block.attn.c_attn.weight.copy_(sd[p + 'attn_qkv.weight'])
+        block.attn.c_proj.weight.copy_(gate1[:, None] * sd[p + 'attn_out.weight'])
+        block.ln_2.weight.copy_(sd[p + 'norm2.weight'] * (1 + scale2))
+        block.ln_2.bias.copy_(shift2)
+        block.mlp.c_fc.weight.copy_(sd[p + 'mlp.0.weight'])
+        block.mlp.c_fc.bias.copy_(sd[p + 'mlp.0.bias'])
+        block.mlp.c_proj.weight.copy_(gate2[:, None] * sd[p + 'mlp.2.weight'])
+        block.mlp.c_proj.bias.copy_(gate2 * sd[p + 'mlp.2.bias'])
+    shift, scale = F.linear(c, sd['output_layer.adaLN_modulation.weight'], sd['output_layer.adaLN_modulation.bias']).chunk(2)
+    model.ln_f.weight.copy_(sd['output_layer.norm_final.weight'] * (1 + scale))
+    model.ln_f.bias.copy_(shift)
+    model.lm_head.weight.zero_()
+    model.lm_head.bias.zero_()
+    model.lm_head.weight[:V] = sd['output_layer.linear.weight']
+    model.lm_head.bias[:V] = sd['output_layer.linear.bias']
+    eps = (float(sd.get('sampling_eps_min', torch.tensor(1e-3))), float(sd.get('sampling_eps_max', torch.tensor(1.0))))
+    return model, eps
+
+
+def load_bd3lm(name, seq_len=1024, dropout=0.0):
+    """name: a Hugging Face repo id (kuleshov-group/bd3lm-owt-block_size4, ...) or a local directory holding
+    its model.safetensors or pytorch_model.bin. Downloading needs the optional huggingface_hub package."""
+    path = name
+    if not os.path.isdir(name):
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            raise SystemExit(f"error: downloading {name} needs huggingface_hub: pip install huggingface_hub "
+                             f"(or download the repo yourself and pass its local directory)")
+        path = snapshot_download(name, allow_patterns=['*.safetensors', '*.bin', '*.json'])
+    if os.path.exists(os.path.join(path, 'model.safetensors')):
+        from safetensors.torch import load_file
+        sd = load_file(os.path.join(path, 'model.safetensors'))
+    elif os.path.exists(os.path.join(path, 'pytorch_model.bin')):
+        sd = torch.load(os.path.join(path, 'pytorch_model.bin'), map_location='cpu', weights_only=True)
+    else:
+        raise SystemExit(f"error: no model.safetensors or pytorch_model.bin in {path}")
+    return from_bd3lm(sd, seq_len, dropout)
 
 # -----------------------------------------------------------------------------
 # generative perplexity (the BD3-LM protocol) and entropy

@@ -125,12 +125,17 @@ def test_vectorized_loss_equals_per_block_loop(B):
     assert all(torch.allclose(a, b, rtol=1e-8, atol=1e-12) for a, b in zip(g1, g2))
 
 
+def noisy_batch(seed, L=32, B=4, n=2):
+    """x0, x_t, t and the generator, for a tiny_model-sized vocabulary (MASK = 39)."""
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randint(0, 39, (n, L), generator=g)
+    return (x0, *add_noise(x0, B, 39, generator=g), g)
+
+
 def test_clean_future_blocks_never_change_a_noisy_block():
     model = tiny_model()
     L, B = 32, 4
-    g = torch.Generator().manual_seed(1)
-    x0 = torch.randint(0, 39, (2, L), generator=g)
-    x_t, _ = add_noise(x0, B, 39, generator=g)
+    x0, x_t, _, g = noisy_batch(1)
     mask = block_diff_mask(L, B)
     pos = torch.arange(L)
     def noisy_logits(x_t, x0):
@@ -296,9 +301,7 @@ def test_kv_cached_draft_equals_uncached(B):
 def test_cached_block_logits_equal_training_noisy_half():
     model = tiny_model()
     L, B = 32, 4
-    g = torch.Generator().manual_seed(3)
-    x0 = torch.randint(0, 39, (2, L), generator=g)
-    x_t, _ = add_noise(x0, B, 39, generator=g)
+    x0, x_t, _, _ = noisy_batch(3)
     pos = torch.arange(L)
     h = model.hidden(torch.cat([x_t, x0], 1), torch.cat([pos, pos]), attn_mask=block_diff_mask(L, B))[:, :L]
     train_logits = model.logits(h)
@@ -466,3 +469,115 @@ def test_bench_runs_end_to_end():
     for line in ('block diffusion B=4', 'global B=L=32', 'AR (causal)', 'uncached draft B=4',
                  'draft + global refine gamma=0.25', 'cached / uncached at L=64'):
         assert line in out.stdout, line
+
+
+# -----------------------------------------------------------------------------
+# BD3-LM checkpoints
+
+def bd3lm_state_dict(V=50, C=128, n_layer=2, cond=16, freq=32, seed=0):
+    """A random state dict in BD3-LM's exact key layout (models/hf/modeling_bd3lm.py, 'backbone.' prefix)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, generator=g) * 0.2  # noqa: E731
+    sd = {'backbone.vocab_embed.embedding': r(V, C), 'backbone.sigma_map.mlp.0.weight': r(cond, freq),
+          'backbone.sigma_map.mlp.0.bias': r(cond), 'backbone.sigma_map.mlp.2.weight': r(cond, cond),
+          'backbone.sigma_map.mlp.2.bias': r(cond), 'backbone.output_layer.norm_final.weight': 1 + r(C),
+          'backbone.output_layer.linear.weight': r(V, C), 'backbone.output_layer.linear.bias': r(V),
+          'backbone.output_layer.adaLN_modulation.weight': r(2 * C, cond),
+          'backbone.output_layer.adaLN_modulation.bias': r(2 * C),
+          'backbone.sampling_eps_min': torch.tensor(0.5), 'backbone.sampling_eps_max': torch.tensor(1.0)}
+    for i in range(n_layer):
+        p = f'backbone.blocks.{i}.'
+        sd.update({p + 'norm1.weight': 1 + r(C), p + 'attn_qkv.weight': r(3 * C, C), p + 'attn_out.weight': r(C, C),
+                   p + 'norm2.weight': 1 + r(C), p + 'mlp.0.weight': r(4 * C, C), p + 'mlp.0.bias': r(4 * C),
+                   p + 'mlp.2.weight': r(C, 4 * C), p + 'mlp.2.bias': r(C),
+                   p + 'adaLN_modulation.weight': r(6 * C, cond), p + 'adaLN_modulation.bias': r(6 * C)})
+    return sd
+
+
+def bd3lm_reference_logits(sd, idx, attn_mask=None, pos=None, n_head=2):
+    """BD3-LM's DiT forward, written out: adaLN fed sigma = 0, weight-only LayerNorms, rotary on q and k."""
+    sd = {k.removeprefix('backbone.'): v.double() for k, v in sd.items()}
+    B, T = idx.shape
+    x = sd['vocab_embed.embedding'][idx]
+    half = sd['sigma_map.mlp.0.weight'].shape[1] // 2
+    args = torch.zeros(1, 1, dtype=torch.float64) * torch.exp(-math.log(10000) * torch.arange(half) / half)
+    t_emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # timestep embedding of sigma = 0
+    c = F.silu(F.linear(F.silu(F.linear(t_emb, sd['sigma_map.mlp.0.weight'], sd['sigma_map.mlp.0.bias'])),
+                        sd['sigma_map.mlp.2.weight'], sd['sigma_map.mlp.2.bias']))  # (1, cond)
+    ln = lambda x, w: F.layer_norm(x, x.shape[-1:]) * w  # noqa: E731
+    C = x.shape[-1]
+    hs = C // n_head
+    inv = 1.0 / (10000 ** (torch.arange(0, hs, 2, dtype=torch.float64) / hs))
+    fr = torch.outer((torch.arange(T) if pos is None else pos).double(), inv)  # both halves of [x_t ; x_0]: 0..L-1
+    cos, sin = torch.cat([fr, fr], -1).cos(), torch.cat([fr, fr], -1).sin()
+    rot = lambda q: q * cos + torch.cat([-q[..., hs // 2:], q[..., :hs // 2]], -1) * sin  # noqa: E731
+    for i in range(1 + max(int(k.split('.')[1]) for k in sd if k.startswith('blocks.'))):
+        p = f'blocks.{i}.'
+        m = F.linear(c, sd[p + 'adaLN_modulation.weight'], sd[p + 'adaLN_modulation.bias'])[:, None]  # (1, 1, 6C)
+        shift1, scale1, gate1, shift2, scale2, gate2 = m.chunk(6, dim=2)
+        h = ln(x, sd[p + 'norm1.weight']) * (1 + scale1) + shift1
+        qkv = F.linear(h, sd[p + 'attn_qkv.weight']).view(B, T, 3, n_head, hs)
+        q, k, v = (qkv[:, :, j].transpose(1, 2) for j in range(3))  # (B, nh, T, hs)
+        att = (rot(q) @ rot(k).transpose(-1, -2)) / math.sqrt(hs)
+        if attn_mask is not None:
+            att = att.masked_fill(~attn_mask, float('-inf'))
+        y = (att.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + gate1 * F.linear(y, sd[p + 'attn_out.weight'])
+        h = ln(x, sd[p + 'norm2.weight']) * (1 + scale2) + shift2
+        x = x + gate2 * F.linear(F.gelu(F.linear(h, sd[p + 'mlp.0.weight'], sd[p + 'mlp.0.bias']), approximate='tanh'),
+                                 sd[p + 'mlp.2.weight'], sd[p + 'mlp.2.bias'])
+    shift, scale = F.linear(c, sd['output_layer.adaLN_modulation.weight'], sd['output_layer.adaLN_modulation.bias'])[:, None].chunk(2, dim=2)
+    x = ln(x, sd['output_layer.norm_final.weight']) * (1 + scale) + shift
+    return F.linear(x, sd['output_layer.linear.weight'], sd['output_layer.linear.bias'])
+
+
+def test_bd3lm_checkpoint_converts_to_the_same_logits():
+    from did import from_bd3lm
+    sd = bd3lm_state_dict()
+    model, eps = from_bd3lm(sd, seq_len=16)
+    model = model.double().eval()
+    assert eps == (0.5, 1.0) and model.config.vocab_size == 50 and model.config.n_head == 2
+    idx = torch.randint(0, 50, (2, 16))
+    ours = model.lm_head(model.hidden(idx, torch.arange(16)))[..., :50]  # raw logits (no SUBS masking)
+    assert torch.allclose(ours, bd3lm_reference_logits(sd, idx), rtol=1e-5, atol=1e-5)  # fp32 weights
+    # and through the 2L block-diffusion mask, the noisy half
+    x_t = idx.clone()
+    x_t[:, ::3] = 49
+    inp, pos, mask = torch.cat([x_t, idx], 1), torch.cat([torch.arange(16)] * 2), block_diff_mask(16, 4)
+    ours = model.lm_head(model.hidden(inp, pos, attn_mask=mask))[..., :50]
+    assert torch.allclose(ours, bd3lm_reference_logits(sd, inp, mask, pos=pos), rtol=1e-5, atol=1e-5)
+
+
+def test_flex_attention_matches_dense_mask():
+    """FlexAttention is the CUDA fast path; wherever it runs, it must equal SDPA with the dense 2L mask: on
+    random q, k, v (where a wrong mask shows at once) and through the model's loss."""
+    from did import compiled_flex_attention, flex_block_mask
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    model = tiny_model(L=256).float().to(device)  # flex tiles are 128 wide: L=256 gives partial and empty tiles
+    g = torch.Generator(device=device).manual_seed(0)
+    x0 = torch.randint(0, 39, (2, 256), device=device, generator=g)
+    x_t, t = add_noise(x0, 4, 39, generator=g)
+    with torch.no_grad():  # forward only: FlexAttention has no backward on the CPU
+        try:
+            flex_block_mask(256, 4, device)
+            model.flex = True
+            fast = diffusion_loss(model, x0, x_t, t, 4)
+        except Exception as e:  # flex needs a compiler backend for this device
+            pytest.skip(f"FlexAttention cannot run on {device} here: {type(e).__name__}: {str(e)[:200]}")
+        model.flex = False
+        assert torch.allclose(fast, diffusion_loss(model, x0, x_t, t, 4), rtol=1e-4, atol=1e-5)
+        for B in (4, 16, 128):
+            q, k, v = torch.randn(3, 2, 2, 512, 16, device=device, generator=g)
+            flex = compiled_flex_attention()(q, k, v, block_mask=flex_block_mask(256, B, device))
+            dense = F.scaled_dot_product_attention(q, k, v, attn_mask=block_diff_mask(256, B, device))
+            assert torch.allclose(flex, dense, atol=1e-5), (B, (flex - dense).abs().max())
+
+
+def test_train_py_fine_tunes_a_local_bd3lm_checkpoint(tiny_run):
+    tmp_path = tiny_run[0]
+    V = json.load(open(tmp_path / 'data' / 'tiny' / 'meta.json'))['vocab_size'] + 1
+    os.makedirs(tmp_path / 'bd3', exist_ok=True)
+    torch.save(bd3lm_state_dict(V=V), tmp_path / 'bd3' / 'pytorch_model.bin')
+    losses, log = train(tmp_path, '--max_iters=2', '--eval_interval=2', '--out_dir=ft', '--init_from=bd3lm:bd3')
+    assert 'loaded bd3lm:bd3' in log and "'n_embd': 128" in log and "noise interval (0.5, 1.0)" in log
+    assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())

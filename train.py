@@ -26,7 +26,7 @@ import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from did import DiD, DiDConfig, add_noise, configure, nelbo
+from did import DiD, DiDConfig, add_noise, configure, load_bd3lm, nelbo
 
 # -----------------------------------------------------------------------------
 # default config values: the paper's OWT shape (BD3-LM small, L=1024, mix-scale 4/1024)
@@ -36,7 +36,7 @@ eval_interval = 1000            # evaluate and checkpoint every this many iterat
 log_interval = 10               # print training stats every this many iterations
 eval_iters = 20                 # fixed, seeded batches per split for the NELBO estimate
 eval_only = False               # evaluate the checkpoint (init_from='resume') and exit
-init_from = 'scratch'           # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+init_from = 'scratch'           # 'scratch', 'resume' (out_dir/ckpt.pt) or 'bd3lm:kuleshov-group/bd3lm-owt-block_size4' (or a local dir)
 wandb_log = False               # log to Weights & Biases (optional package)
 wandb_project = 'did'
 wandb_run_name = 'did'
@@ -70,6 +70,7 @@ ema_decay = 0.9999              # EMA of the weights, used for evaluation and sa
 device = 'cuda' if torch.cuda.is_available() else 'cpu'  # 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'  # or 'float16'
 compile = torch.cuda.is_available()  # torch.compile the model (PyTorch 2.0+)
+flex = torch.cuda.is_available()  # FlexAttention for the 2L block-diffusion mask (CUDA); dense SDPA otherwise
 seed = 1337
 # -----------------------------------------------------------------------------
 config_keys = configure(globals(), sys.argv[1:])  # apply config/*.py files, then --key=value overrides
@@ -162,14 +163,26 @@ if init_from == 'resume':
     if checkpoint['config'].get('causal', False) != causal:
         fail(f"{ckpt_path} was trained with causal={checkpoint['config'].get('causal')}: pass --causal={checkpoint['config'].get('causal')}")
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
-elif init_from != 'scratch':
-    fail(f"unknown --init_from={init_from!r}: use 'scratch' or 'resume'")
+elif init_from != 'scratch' and not init_from.startswith('bd3lm:'):
+    fail(f"unknown --init_from={init_from!r}: use 'scratch', 'resume' or 'bd3lm:REPO_OR_DIR'")
 torch.manual_seed(seed)  # the initial weights (dropout reseeds itself every step, below)
-gptconf = DiDConfig(**model_args)
-model = DiD(gptconf)
+if init_from.startswith('bd3lm:'):  # fine-tune a public BD3-LM checkpoint (its shape wins over the config's)
+    model, eps = load_bd3lm(init_from.split(':', 1)[1], seq_len, dropout)
+    model_args = {k: getattr(model.config, k) for k in model_args}
+    small = min(block_mix)
+    if eps != (1e-3, 1.0) and small < seq_len and small not in noise_clip:
+        noise_clip[small] = eps  # carry over the checkpoint's clipped noise interval for the small block
+    if master_process:
+        print(f"loaded {init_from}: {model_args}, noise interval {eps}")
+else:
+    model = DiD(DiDConfig(**model_args))
+if model_args['vocab_size'] < meta['vocab_size'] + 1:
+    fail(f"the model has {model_args['vocab_size']} ids but data/{dataset} uses {meta['vocab_size']} tokens + MASK: "
+         f"prepare the data with the model's tokenizer, or set --vocab_size={meta['vocab_size'] + 1}")
 if checkpoint is not None:
     model.load_state_dict(checkpoint['model'])
 model.to(device)
+model.flex = flex and device_type == 'cuda'
 ema_model = copy.deepcopy(model).eval().requires_grad_(False)
 if checkpoint is not None:
     ema_model.load_state_dict(checkpoint['ema'])
