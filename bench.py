@@ -58,7 +58,11 @@ x0 = torch.randint(0, vocab_size - 1, (batch_size, L), device=device)
 print(f"\ntraining, batch {batch_size} x L={L}:")
 print(f"{'variant':<22}{'s/step':>9}{'tok/s':>10}{'MFU':>7}")
 rows = {}
-for name, bs, clip in [('block diffusion B=4', 4, (0.5, 1.0)), (f'global B=L={L}', L, (1e-3, 1.0)), ('AR (causal)', 0, None)]:
+variants = [('block diffusion B=4', 4, (0.5, 1.0)), (f'global B=L={L}', L, (1e-3, 1.0)), ('AR (causal)', 0, None)]
+if 'cuda' in device:  # the FlexAttention path for the 2L mask, beside the dense SDPA one
+    variants.insert(1, ('B=4, FlexAttention', 4, (0.5, 1.0)))
+for name, bs, clip in variants:
+    model.flex = 'Flex' in name
     g = torch.Generator(device=device).manual_seed(0)
     times, flops = [], 0.0
     for it in range(warmup + train_iters):
@@ -83,6 +87,7 @@ for name, bs, clip in [('block diffusion B=4', 4, (0.5, 1.0)), (f'global B=L={L}
     rows[name] = dt
     mfu = f"{100 * flops / sum(times) / peak:.1f}%" if peak else '-'
     print(f"{name:<22}{dt:>9.3f}{batch_size * L / dt:>10,.0f}{mfu:>7}")
+model.flex = False
 print(f"step time ratios: B=4 / B=L {rows['block diffusion B=4'] / rows[f'global B=L={L}']:.2f}x, "
       f"AR / B=L {rows['AR (causal)'] / rows[f'global B=L={L}']:.2f}x")
 if train_only:

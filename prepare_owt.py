@@ -86,7 +86,7 @@ if __name__ == '__main__':
         n_val = 100_000
         splits = {'train': docs.select(range(len(docs) - n_val)), 'val': docs.select(range(len(docs) - n_val, len(docs)))}
         for split, dset in splits.items():
-            dset = dset.map(lambda ex: {'ids': encode(ex['text']), 'len': len(encode(ex['text']))},
+            dset = dset.map(lambda ex: {'ids': (ids := encode(ex['text'])), 'len': len(ids)},
                             remove_columns=['text'], desc=f'tokenizing {split}', num_proc=args.num_proc)
             total = int(np.sum(dset['len'], dtype=np.uint64))
             shards = (dset.shard(num_shards=1024, index=i, contiguous=True).with_format('numpy') for i in range(1024))

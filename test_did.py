@@ -235,6 +235,11 @@ def test_training_lowers_loss_and_resume_is_exact(tiny_run):
     ckpt = torch.load(tmp_path / 'b' / 'ckpt.pt', weights_only=False)
     assert ckpt['iter_num'] == 40 and {'model', 'ema', 'optimizer', 'model_args', 'config'} <= set(ckpt)
     assert not (tmp_path / 'b' / 'ckpt.pt.tmp').exists()
+    # --eval_only reports the validation NELBO of the checkpoint at any block size, and the same number twice
+    evals = [train(tmp_path, '--out_dir=b', '--init_from=resume', '--eval_only=True', '--eval_block_sizes=[2, 16]')[1]
+             for _ in range(2)]
+    assert evals[0] == evals[1] and re.search(r'val/nelbo_B16: [\d.]+ nats/token, perplexity <= [\d.]+', evals[0])
+    assert 'val/nelbo_B2' in evals[0]
 
 
 def test_two_process_ddp_matches_one_process(tiny_run):
