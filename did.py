@@ -166,10 +166,11 @@ class DiD(nn.Module):
             x = block(x, cos, sin, attn_mask, is_causal, cache, i, n_out if i == len(self.h) - 1 else None)
         return self.ln_f(x)
 
-    def logits(self, h):
+    def logits(self, h, weight_t=None):
         """Head: (..., C) -> (..., padded_vocab) fp32 logits; MASK and padding ids get -inf (SUBS, "zero
-        masking probability": the denoiser must always name a real token)."""
-        logits = self.lm_head(h)
+        masking probability": the denoiser must always name a real token). weight_t: the head weight as a
+        contiguous (C, V) copy, which the sampler passes: for a few rows that layout is ~30% faster on a CPU."""
+        logits = self.lm_head(h) if weight_t is None else torch.addmm(self.lm_head.bias, h, weight_t)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         logits[..., self.config.mask_id:] = float('-inf')
         return logits
@@ -423,6 +424,7 @@ def denoise(model, x, conf, block_size, gens, steps=None, top_p=0.9, temperature
     B, L = x.shape
     mask_id = model.config.mask_id
     cache = KVCache(model.config.n_layer, L) if use_cache and block_size < L else None
+    weight_t = model.lm_head.weight.t().contiguous()  # (C, V), see DiD.logits
     stats = dict(nfe=0, cache_passes=0, token_forwards=0)
     for start in range(0, L, block_size):
         end = start + block_size
@@ -447,7 +449,7 @@ def denoise(model, x, conf, block_size, gens, steps=None, top_p=0.9, temperature
             else:
                 mask = block_causal_mask(L, block_size, x.device)[:end, :end]
                 h = model.hidden(x[:, :end], torch.arange(end, device=x.device), attn_mask=mask)[:, start:]
-            tok, p = sample_tokens(model.logits(h[reveal]), u[:, 1][reveal], top_p, temperature)
+            tok, p = sample_tokens(model.logits(h[reveal], weight_t), u[:, 1][reveal], top_p, temperature)
             x[:, start:end][reveal] = tok
             conf[:, start:end][reveal] = p
             stats['nfe'] += 1
