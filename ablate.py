@@ -81,7 +81,7 @@ for b in refine_blocks:
     evaluate('mix', f'refine block {b}: snapshot, γ=0.25', f'4:1.0,{b}:0.25')
 
 with open(os.path.join(out_dir, 'ablation.md'), 'w') as f:
-    f.write(f"| setting | model | Gen PPL (AR judge, mean ± std) | entropy | forwards / sample |\n|---|---|---|---|---|\n")
+    f.write("| setting | model | Gen PPL (AR judge, mean ± std) | entropy | forwards / sample |\n|---|---|---|---|---|\n")
     for r in rows:
         f.write(f"| {r['label']} | {r['model']} | {r['gen_ppl']:.3f} ± {r['gen_ppl_std']:.3f} | {r['entropy']:.3f} | {r['forwards']:.0f} |\n")
 print(open(os.path.join(out_dir, 'ablation.md')).read())

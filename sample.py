@@ -134,7 +134,7 @@ if eval:  # BD3-LM's protocol: decode, re-encode with the judge's tokenizer, sco
     nfe = sum(st['nfe'] + st['cache_passes'] for st in totals) / num_samples
     tf = sum(st['token_forwards'] for st in totals) / num_samples
     gammas = ','.join(f"{g}" for _, g, *_ in stage_list[1:]) or '-'
-    print(f"| stages | remask | gamma | Gen PPL (mean ± std) | token-weighted | entropy | forwards | token-forwards | seconds | samples/s |")
+    print("| stages | remask | gamma | Gen PPL (mean ± std) | token-weighted | entropy | forwards | token-forwards | seconds | samples/s |")
     print(f"| {stages} | {remask if len(stage_list) > 1 else '-'} | {gammas} | {mean:.2f} ± {std:.2f} | {weighted:.2f} | "
           f"{ent:.3f} | {nfe:.0f} | {tf:,.0f} | {dt:.1f} | {num_samples / dt:.2f} |")
     print(json.dumps(dict(stages=stages, remask=remask, gen_ppl=mean, gen_ppl_std=std, gen_ppl_weighted=weighted, entropy=ent,

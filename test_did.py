@@ -16,8 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from did import (DiD, DiDConfig, KVCache, add_noise, block_causal_mask, block_diff_mask, denoise,
-                 diffusion_loss, generate, head_cross_entropy, nelbo)
+from did import (DiD, DiDConfig, KVCache, add_noise, block_causal_mask, block_diff_mask, diffusion_loss, generate, head_cross_entropy)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(ROOT, '..', 'shared', 'data')

@@ -11,7 +11,6 @@ $ python train.py config/train_did_owt.py --init_from=resume
 $ python train.py config/train_did_owt.py --init_from=resume --eval_only=True --eval_block_sizes="[4, 16, 1024]"
 """
 
-import ast
 import contextlib
 import copy
 import json
@@ -19,7 +18,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
