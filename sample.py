@@ -80,7 +80,10 @@ model.eval().to(device)
 tok = Tokenizer(checkpoint.get('meta', {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eot': 50256}))
 L = model.config.seq_len
 stage_list = parse_stages(stages, L)
-prompt_ids = [tok.eot] + (tok.encode(prompt) if prompt else [])
+try:
+    prompt_ids = [tok.eot] + (tok.encode(prompt) if prompt else [])
+except KeyError as e:
+    raise SystemExit(f"error: the prompt has a character {e} that is not in this model's vocabulary")
 ctx = (torch.amp.autocast(device_type='cuda', dtype={'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype])
        if 'cuda' in device and dtype != 'float32' else contextlib.nullcontext())
 print(f"sampling {num_samples} x {L} tokens from {ckpt_path} (iter {checkpoint['iter_num']}): stages {stage_list}, "
