@@ -79,6 +79,7 @@ class SelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin  # cos, sin: (T, hs), rotary positions of these T tokens
         k = k * cos + rotate_half(k) * sin
+        q, k = q.to(v.dtype), k.to(v.dtype)  # under autocast: rotate in fp32, attend in bf16 like v
         if cache is not None:
             # sampling: write this block's keys/values after the cached clean prefix and attend to
             # prefix + block with no mask, which is exactly what a block sees in training (M_BD + M_OBC)
