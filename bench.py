@@ -80,9 +80,8 @@ for name, bs, clip in variants:
         sync()
         if it >= warmup:
             times.append(time.perf_counter() - t0)
-            trunk = 2 * L if 0 < bs < L else L
             head = (x_t == cfg.mask_id).sum().item() if bs else batch_size * L
-            flops += model.estimate_flops(trunk, 0, trunk) * batch_size + model.estimate_flops(0, head, 0)
+            flops += model.estimate_flops(batch_size, bs, head)
     dt = sum(times) / len(times)
     rows[name] = dt
     mfu = f"{100 * flops / sum(times) / peak:.1f}%" if peak else '-'

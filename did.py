@@ -183,15 +183,16 @@ class DiD(nn.Module):
             return ar_loss(self, x0)
         return diffusion_loss(self, x0, x_t, t, block_size)
 
-    def estimate_flops(self, trunk_tokens, head_tokens, attn_len):
-        """FLOPs of one fwd+bwd of one sequence, counted as the hardware runs them (nanoGPT's 6N + attention):
-        trunk_tokens go through the blocks (2L for block diffusion: x_t and x_0 both run), head_tokens
-        through the head (only masked x_t positions), and dense attention scores attn_len x attn_len."""
+    def estimate_flops(self, batch, block_size, head_tokens):
+        """FLOPs of one fwd+bwd over `batch` sequences trained at block_size (0: causal), counted as the hardware
+        runs them (nanoGPT's 6N + attention): 2L tokens go through the blocks for block diffusion (x_t and x_0
+        both run), L for B = L and causal; head_tokens positions in all go through the head (the masked x_t
+        positions, or every position for causal); the dense attention computes all T x T scores."""
         cfg = self.config
-        n_head_params = self.lm_head.weight.numel()
+        T = 2 * cfg.seq_len if 0 < block_size < cfg.seq_len else cfg.seq_len
         n_trunk = sum(p.numel() for p in self.h.parameters())
-        return (6 * (n_trunk * trunk_tokens + n_head_params * head_tokens)
-                + 12 * cfg.n_layer * cfg.n_embd * attn_len * attn_len)
+        return (6 * (n_trunk * T * batch + self.lm_head.weight.numel() * head_tokens)
+                + 12 * cfg.n_layer * cfg.n_embd * T * T * batch)
 
 
 # -----------------------------------------------------------------------------
@@ -369,6 +370,12 @@ class KVCache:
         self.n += T
 
 
+def inverse_cdf(p, u):
+    """Index drawn from each row of unnormalized weights p (N, K) with the uniforms u (N,)."""
+    csum = p.cumsum(-1)
+    return torch.searchsorted(csum, (u * csum[:, -1])[:, None]).clamp(max=p.size(-1) - 1).squeeze(-1)
+
+
 def sample_tokens(logits, u, top_p=0.9, temperature=1.0):
     """Draw one token per row of logits (N, V) by inverse CDF with the given uniforms u (N,), from the
     nucleus (smallest set of tokens whose mass reaches top_p; the token that crosses top_p is kept).
@@ -379,8 +386,7 @@ def sample_tokens(logits, u, top_p=0.9, temperature=1.0):
         return tok, F.softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1)
     probs = F.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)  # (N, V)
     if top_p >= 1.0:  # no truncation: inverse CDF in vocabulary order
-        csum = probs.cumsum(-1)
-        tok = torch.searchsorted(csum, (u * csum[:, -1])[:, None]).clamp(max=probs.size(-1) - 1).squeeze(-1)
+        tok = inverse_cdf(probs, u)
         return tok, probs.gather(-1, tok[:, None]).squeeze(-1)
     # a trained model's nucleus is a few dozen tokens: find it with topk, and fall back to a longer topk or
     # the full 50K-way sort (30x slower) only for the rows whose nucleus is longer
@@ -392,9 +398,7 @@ def sample_tokens(logits, u, top_p=0.9, temperature=1.0):
         ok = (sp.sum(-1) >= top_p) | (k >= probs.size(-1))
         sp, si = sp[ok], si[ok]
         sp = sp * ((sp.cumsum(-1) - sp) < top_p)  # keep a token if the mass before it is below top_p
-        csum = sp.cumsum(-1)
-        j = torch.searchsorted(csum, (u[rows[ok]] * csum[:, -1])[:, None]).clamp(max=sp.size(-1) - 1)
-        tok[rows[ok]] = si.gather(-1, j).squeeze(-1)
+        tok[rows[ok]] = si.gather(-1, inverse_cdf(sp, u[rows[ok]])[:, None]).squeeze(-1)
         rows = rows[~ok]
         if len(rows) == 0:
             break

@@ -585,3 +585,12 @@ def test_train_py_fine_tunes_a_local_bd3lm_checkpoint(tiny_run):
     losses, log = train(tmp_path, '--max_iters=2', '--eval_interval=2', '--out_dir=ft', '--init_from=bd3lm:bd3')
     assert 'loaded bd3lm:bd3' in log and "'n_embd': 128" in log and "noise interval (0.5, 1.0)" in log
     assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
+
+
+def test_estimate_flops_counts_the_2l_input():
+    model = tiny_model(L=32)
+    n_trunk = sum(p.numel() for p in model.h.parameters())
+    n_head = model.lm_head.weight.numel()
+    attn = 12 * 2 * 16
+    assert model.estimate_flops(3, 4, 10) == 6 * (n_trunk * 64 * 3 + n_head * 10) + attn * 64 * 64 * 3
+    assert model.estimate_flops(3, 32, 10) == model.estimate_flops(3, 0, 10) == 6 * (n_trunk * 32 * 3 + n_head * 10) + attn * 32 * 32 * 3

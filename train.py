@@ -263,19 +263,16 @@ while True:
     loss_sum, flops = torch.zeros((), device=device), 0.0
     torch.manual_seed((seed * 1_000_003 + iter_num) * 4099 + ddp_rank)  # dropout RNG, a function of the step: resume is exact
     for micro_step in range(grad_accum):
-        x0, x_t, t, bs = to_device(*micro_batch(iter_num, micro_step * world + ddp_rank))
+        x0, x_t, t, bs = micro_batch(iter_num, micro_step * world + ddp_rank)
+        head_tokens = batch_size * seq_len if causal else (x_t == vocab_size - 1).sum().item()  # on the CPU: no sync
+        flops += raw_model.estimate_flops(batch_size, 0 if causal else bs, head_tokens)
+        x0, x_t, t = to_device(x0, x_t, t)
         if ddp:  # sync gradients only on the last micro-step (no_sync() would need a context per branch)
             model.require_backward_grad_sync = (micro_step == grad_accum - 1)
         with ctx:
             loss = model(x0, x_t, t, bs) / grad_accum
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
-        if causal:
-            flops += raw_model.estimate_flops(seq_len, seq_len, seq_len) * batch_size
-        else:
-            trunk = seq_len if bs == seq_len else 2 * seq_len
-            n_masked = (x_t == vocab_size - 1).sum().item()
-            flops += raw_model.estimate_flops(trunk, 0, trunk) * batch_size + raw_model.estimate_flops(0, n_masked, 0)
     if ddp:
         torch.distributed.all_reduce(loss_sum)  # SUM (gloo has no AVG)
     lossf = loss_sum.item() / world
