@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from did import DiD, DiDConfig, add_noise, configure, generate
+from did import DiD, DiDConfig, add_noise, check_device, configure, generate
 
 # -----------------------------------------------------------------------------
 shape = 'tiny'                  # 'tiny' (CPU), 'owt' (GPU) or 'smoke' (seconds)
@@ -35,6 +35,7 @@ dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'
 compile = False                 # torch.compile the training forward
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
+check_device(device, dtype)
 SHAPES = {'tiny': dict(n_layer=4, n_head=4, n_embd=256, seq_len=256), 'owt': dict(n_layer=12, n_head=12, n_embd=768, seq_len=1024),
           'smoke': dict(n_layer=1, n_head=2, n_embd=32, seq_len=32)}  # smoke: the tests' end-to-end run
 if shape not in SHAPES:
@@ -108,11 +109,11 @@ with torch.no_grad():  # (whose entropy is about its loss, ~3 nats on OWT); a ze
     p = torch.softmax(model.logits(model.hidden(x0[:4], torch.arange(L, device=device))), -1)
     print(f"\nrandom sampling model's mean predictive entropy: {-(p * p.clamp_min(1e-30).log()).sum(-1).mean().item():.2f} nats")
 print(f"sampling, L={L}, one token per forward (first-hitting), top_p 0.9:")
-print(f"{'sampler':<34}{'batch':>6}{'seconds':>9}{'tok/s':>10}{'forwards':>10}")
+print(f"{'sampler':<40}{'batch':>6}{'seconds':>9}{'tok/s':>10}{'forwards':>10}")
 def row(name, n, dt, res, ref=None):
-    nfe = sum(s['nfe'] + s['cache_passes'] for s in res['stats'])
+    nfe = sum(s['nfe'] + s['cache_passes'] for s in res['stats']).float().mean().item()  # per sequence
     rel = f"  {dt / ref:.2f}x the draft" if ref else ''
-    print(f"{name:<34}{n:>6}{dt:>9.2f}{n * (L - 1) / dt:>10,.0f}{nfe:>10}{rel}")
+    print(f"{name:<40}{n:>6}{dt:>9.2f}{n * (L - 1) / dt:>10,.0f}{nfe:>10.0f}{rel}")
 dt1, res = time_generate(model, 1, [(4, 1.0)])
 row('cached draft B=4', 1, dt1, res)
 dtb, res = time_generate(model, sample_batch, [(4, 1.0)])
@@ -125,6 +126,15 @@ for gamma in (0.25, 0.5):
     dtr, res = time_generate(model, sample_batch, [(4, 1.0), (L, gamma)])
     row(f'draft + global refine gamma={gamma}', sample_batch, dtr, res, ref=dtb)
 print(f"batched cached draft: {(L - 1) * sample_batch / dtb:,.0f} tok/s; cached / uncached: {dtu / dtb:.1f}x")
+# the faster schedules (did.denoise): several tokens per forward, and refines that reuse the fixed tokens' keys/values
+print(f"\nfaster schedules, batch {sample_batch} (stage options as in sample.py --stages; r = refresh):")
+dts, res = time_generate(model, sample_batch, [(4, 1.0, dict(steps=2, order='confidence'))])
+row('draft, 2 tokens/forward (conf.)', sample_batch, dts, res, ref=dtb)
+for name, opts in (('refine r=8', dict(refresh=8)), ('refine r=inf', dict(refresh=L)),
+                   ('refine r=inf, 8 steps (conf.)', dict(refresh=L, steps=8, order='confidence'))):
+    for gamma in (0.25, 0.5):
+        dtr, res = time_generate(model, sample_batch, [(4, 1.0), (L, gamma, opts)])
+        row(f'draft + {name} g={gamma}', sample_batch, dtr, res, ref=dtb)
 
 if not skip_long:
     long_model = DiD(DiDConfig(vocab_size=vocab_size, **{**SHAPES[shape], 'seq_len': long_len})).to(device).eval()

@@ -15,7 +15,7 @@ Differences from a GPT-2 style transformer:
 - three attention patterns from one set of weights: block diffusion (the 2L "[x_t ; x_0]" mask),
   global masked diffusion (block size = L, plain full attention) and causal next-token prediction
 - no time conditioning: the masked-diffusion denoiser's optimum p(x_0 | x_t) does not depend on t
-  (the number of MASKs in x_t already says how noisy it is; MDLM §3 / RADD), and BD3-LM feeds its
+  (the number of MASKs in x_t already says how noisy it is; MDLM, and RADD: Ou et al. 2024), and BD3-LM feeds its
   adaLN a constant zero time anyway.
 
 Sections: config and model / attention masks / forward noise and loss / samplers / evaluation.
@@ -23,8 +23,11 @@ Sections: config and model / attention masks / forward noise and loss / samplers
 
 import ast
 import contextlib
+import difflib
+import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -89,8 +92,8 @@ class SelfAttention(nn.Module):
         if isinstance(attn_mask, BlockMask):  # FlexAttention (CUDA): skips the fully masked tiles
             y = compiled_flex_attention()(q, k, v, block_mask=attn_mask)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                               dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)  # no attention
+            # dropout: BD3-LM drops out the residual branches only, and FlexAttention could not match it
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return F.dropout(self.c_proj(y), self.dropout, self.training)
 
@@ -158,11 +161,13 @@ class DiD(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def hidden(self, idx, pos, attn_mask=None, is_causal=False, cache=None, n_out=None):
-        """The trunk: idx (B, T) token ids at rotary positions pos (T,) -> final hidden states (B, T, C).
-        n_out: return only the first n_out positions; the last layer then skips the others' attention and MLP
-        (the clean half of the 2L training input is only ever read through its keys and values)."""
+        """The trunk: idx (B, T) token ids at rotary positions pos (T,), or (B, T) per row -> final hidden states
+        (B, T, C). n_out: return only the first n_out positions; the last layer then skips the others' attention
+        and MLP (the clean half of the 2L training input is only ever read through its keys and values)."""
         x = self.wte(idx)
-        cos, sin = self.cos[pos].to(x.dtype), self.sin[pos].to(x.dtype)
+        cos, sin = self.cos[pos].to(x.dtype), self.sin[pos].to(x.dtype)  # (T, hs) or (B, T, hs)
+        if pos.dim() == 2:
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hs): broadcast over heads
         for i, block in enumerate(self.h):
             x = block(x, cos, sin, attn_mask, is_causal, cache, i, n_out if i == len(self.h) - 1 else None)
         return self.ln_f(x)
@@ -183,16 +188,18 @@ class DiD(nn.Module):
             return ar_loss(self, x0)
         return diffusion_loss(self, x0, x_t, t, block_size)
 
-    def estimate_flops(self, batch, block_size, head_tokens):
+    def estimate_flops(self, batch, block_size, head_tokens, attn_frac=1.0):
         """FLOPs of one fwd+bwd over `batch` sequences trained at block_size (0: causal), counted as the hardware
         runs them (nanoGPT's 6N + attention): 2L tokens go through the blocks for block diffusion (x_t and x_0
         both run), L for B = L and causal; head_tokens positions in all go through the head (the masked x_t
-        positions, or every position for causal); the dense attention computes all T x T scores."""
+        positions, or every position for causal). attn_frac: the share of the T x T scores the attention kernel
+        computes: 1 for dense SDPA with a mask (it computes them all), the live tiles of a FlexAttention
+        BlockMask (live_fraction), about 1/2 for a causal kernel."""
         cfg = self.config
         T = 2 * cfg.seq_len if 0 < block_size < cfg.seq_len else cfg.seq_len
         n_trunk = sum(p.numel() for p in self.h.parameters())
         return (6 * (n_trunk * T * batch + self.lm_head.weight.numel() * head_tokens)
-                + 12 * cfg.n_layer * cfg.n_embd * T * T * batch)
+                + 12 * cfg.n_layer * cfg.n_embd * T * T * batch * attn_frac)
 
 
 # -----------------------------------------------------------------------------
@@ -224,6 +231,14 @@ def flex_block_mask(L, block_size, device='cuda'):
     return create_block_mask(mask_mod, None, None, 2 * L, 2 * L, device=device)
 
 
+def live_fraction(block_mask):
+    """Share of a BlockMask's tiles that FlexAttention computes (partly or fully unmasked); the rest it skips."""
+    live = block_mask.kv_num_blocks.sum() + (0 if block_mask.full_kv_num_blocks is None else block_mask.full_kv_num_blocks.sum())
+    q_tiles = -(-block_mask.seq_lengths[0] // block_mask.BLOCK_SIZE[0])
+    kv_tiles = -(-block_mask.seq_lengths[1] // block_mask.BLOCK_SIZE[1])
+    return live.item() / (q_tiles * kv_tiles)
+
+
 @lru_cache(maxsize=1)
 def compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
@@ -239,14 +254,15 @@ def block_causal_mask(L, block_size, device='cpu'):
 # -----------------------------------------------------------------------------
 # forward noise and the loss
 
-def add_noise(x0, block_size, mask_id, eps_min=1e-3, eps_max=1.0, resample=False, generator=None):
+def add_noise(x0, block_size, mask_id, eps_min=1e-3, eps_max=1.0, resample=False, generator=None, keep_first=False):
     """Mask x0 (B, L) block by block. Returns x_t (B, L) and t (B, L), t constant within a block.
 
     One t per (sequence, block), stratified over all blocks of the batch ("antithetic", BD3-LM _sample_t)
     to cut the variance of the loss, then clipped to [eps_min, eps_max] (BD3-LM's clipped schedule: small
     blocks prefer heavy masking). With the linear schedule alpha_t = 1 - t, each token is masked with
     probability t. resample=True redraws a block's mask until its realized masked fraction lies in the
-    interval too (BD3-LM training.resample), so no block is trained on a fraction its t never asks for."""
+    interval too (BD3-LM training.resample), so no block is trained on a fraction its t never asks for.
+    keep_first=True never masks position 0, where the sequence's <|endoftext|> (BOS) sits (BD3-LM ignore_bos)."""
     B, L = x0.shape
     nblk = L // block_size
     n = B * nblk
@@ -268,6 +284,8 @@ def add_noise(x0, block_size, mask_id, eps_min=1e-3, eps_max=1.0, resample=False
             if not bad.any():
                 break
             masked = torch.where(bad, torch.rand(B, L, **g) < t, masked)
+    if keep_first:
+        masked[:, 0] = False
     x_t = torch.where(masked, torch.full_like(x0, mask_id), x0)
     return x_t, t
 
@@ -307,7 +325,7 @@ def head_cross_entropy(model, h, target):
     return HeadCrossEntropy.apply(h, model.lm_head.weight, model.lm_head.bias, target, model.config.mask_id)
 
 
-def diffusion_loss(model, x0, x_t, t, block_size):
+def diffusion_loss(model, x0, x_t, t, block_size, per_token=False):
     """The block-diffusion NELBO per token (BD3-LM eq. L_BD with the SUBS parameterization), vectorized.
 
     Every block b is denoised given the clean blocks < b. Instead of L/B forward passes, run once over
@@ -318,7 +336,9 @@ def diffusion_loss(model, x0, x_t, t, block_size):
 
     SUBS: unmasked positions are copied (log p = 0, no loss), so the head runs on masked x_t positions
     only. With alpha_t = 1 - t the NELBO weight -alpha'_t / (1 - alpha_t) is 1/t:
-        loss = sum over masked positions of CE / t, divided by the number of tokens B*L."""
+        loss = sum over masked positions of CE / t, divided by the number of tokens B*L.
+    per_token=True returns the (B, L) terms of that sum instead (zero where unmasked), as the noise-interval
+    search needs them per block."""
     B, L = x0.shape
     pos = torch.arange(L, device=x0.device)
     if block_size == L:
@@ -331,6 +351,8 @@ def diffusion_loss(model, x0, x_t, t, block_size):
         h = model.hidden(torch.cat([x_t, x0], dim=1), torch.cat([pos, pos]), attn_mask=mask, n_out=L)  # (B, L, C)
     masked = x_t == model.config.mask_id
     ce = head_cross_entropy(model, h[masked], x0[masked])  # (N,), N masked positions
+    if per_token:
+        return torch.zeros_like(t, dtype=ce.dtype).masked_scatter(masked, ce / t[masked])  # (B, L)
     return (ce / t[masked]).sum() / (B * L)
 
 
@@ -370,15 +392,33 @@ class KVCache:
         self.n += T
 
 
+class RefineCache(KVCache):
+    """Keys and values of all L positions, for a global stage that refreshes them only every r steps. A full
+    forward (idx None) writes all of them; a forward over the positions idx (B, T) alone rewrites those and
+    attends to all L: the other positions' keys and values are then as old as the last full forward (dKV-Cache,
+    dLLM-Cache). Exact only when every step is a full forward (r = 1)."""
+    idx = None
+
+    def put(self, layer, k, v):
+        if self.idx is None:
+            return super().put(layer, k, v)  # n stays 0: the whole sequence
+        i = self.idx[:, None, :, None].expand(-1, k.size(1), -1, k.size(3))  # (B, nh, T, hs)
+        self.k[layer].scatter_(2, i, k)
+        self.v[layer].scatter_(2, i, v)
+        return self.k[layer], self.v[layer]
+
+
 def inverse_cdf(p, u):
     """Index drawn from each row of unnormalized weights p (N, K) with the uniforms u (N,)."""
     csum = p.cumsum(-1)
     return torch.searchsorted(csum, (u * csum[:, -1])[:, None]).clamp(max=p.size(-1) - 1).squeeze(-1)
 
 
-def sample_tokens(logits, u, top_p=0.9, temperature=1.0):
+def sample_tokens(logits, u, top_p=0.9, temperature=1.0, nucleus='standard'):
     """Draw one token per row of logits (N, V) by inverse CDF with the given uniforms u (N,), from the
-    nucleus (smallest set of tokens whose mass reaches top_p; the token that crosses top_p is kept).
+    nucleus: nucleus='standard' keeps the smallest set of tokens whose mass reaches top_p (the token that
+    crosses top_p is kept; Holtzman et al.); 'bd3lm' keeps the tokens whose cumulative mass, their own
+    included, is <= top_p, and always the most likely one (BD3-LM's _nucleus_sample drops the crossing token).
     Returns tokens (N,) and their probability under the full softmax at this temperature, *before*
     nucleus truncation: the snapshot confidence measures the model's belief, not the sampler's."""
     if temperature == 0:
@@ -397,7 +437,12 @@ def sample_tokens(logits, u, top_p=0.9, temperature=1.0):
         sp, si = p.topk(min(k, probs.size(-1)), dim=-1)  # (n, k), sorted descending
         ok = (sp.sum(-1) >= top_p) | (k >= probs.size(-1))
         sp, si = sp[ok], si[ok]
-        sp = sp * ((sp.cumsum(-1) - sp) < top_p)  # keep a token if the mass before it is below top_p
+        if nucleus == 'bd3lm':  # keep a token if the mass up to and including it is <= top_p, and the first
+            keep = sp.cumsum(-1) <= top_p
+            keep[:, 0] = True
+        else:  # keep a token if the mass before it is below top_p
+            keep = (sp.cumsum(-1) - sp) < top_p
+        sp = sp * keep
         tok[rows[ok]] = si.gather(-1, inverse_cdf(sp, u[rows[ok]])[:, None]).squeeze(-1)
         rows = rows[~ok]
         if len(rows) == 0:
@@ -415,50 +460,92 @@ def reveal_counts(m, steps, s):
 
 
 @torch.no_grad()
-def denoise(model, x, conf, block_size, gens, steps=None, top_p=0.9, temperature=1.0, use_cache=True):
+def denoise(model, x, conf, block_size, gens, steps=None, top_p=0.9, temperature=1.0, use_cache=True, nucleus='standard',
+            order='random', threshold=None, refresh=1):
     """Fill every MASK in x (B, L) block by block, left to right; x and conf (B, L) are updated in place.
 
     block_size < L: semi-autoregressive. Clean blocks live in a KV cache; the current block runs alone
     against it; once the block is complete, one forward over the clean block writes its keys/values.
-    block_size = L: global diffusion, one block with full bidirectional attention and no cache.
-    At each step the positions to reveal are random among the still-masked ones, and the model's head runs
-    on those positions only (the first-hitting sampler's other draws would be thrown away).
+    block_size = L: global diffusion, one block with full bidirectional attention.
+    Which still-masked positions a step reveals:
+      order='random': random ones; the head runs on those positions only (BD3-LM's first-hitting sampler
+        draws a token everywhere and keeps one: the other draws would be thrown away).
+      order='confidence': a token is drawn at every masked position of the block and the most probable
+        draws are kept (LLaDA's low-confidence remasking); the head runs on all masked positions.
+    and how many: steps=None one per step (B steps per block); steps=S the block's masked positions spread
+    evenly over S steps; threshold=tau every draw with probability >= tau and at least the most probable one
+    (Fast-dLLM's parallel decoding; implies order='confidence', and the model's confidence sets the steps).
+    refresh=r > 1 (global stages with use_cache): the positions this stage does not denoise get their keys and
+    values recomputed only every r steps; in between only the stage's masked positions run through the trunk
+    (RefineCache; an approximation, r = 1 is exact and runs the whole sequence every step).
     gens: one torch.Generator per row, so a row's samples do not depend on the rest of the batch.
     use_cache=False runs the whole prefix each step with the block-causal mask (the slow reference).
-    Returns counts: nfe (denoising forwards), cache_passes, token_forwards (per sequence)."""
+    Returns per-row counts (B,) as a batch-1 sampler would make them: nfe (denoising forwards in which the row
+    reveals a token), cache_passes, token_forwards (tokens through the trunk in those forwards)."""
     B, L = x.shape
     mask_id = model.config.mask_id
     cache = KVCache(model.config.n_layer, L) if use_cache and block_size < L else None
     weight_t = model.lm_head.weight.t().contiguous()  # (C, V), see DiD.logits
-    stats = dict(nfe=0, cache_passes=0, token_forwards=0)
+    by_conf = order == 'confidence' or threshold is not None
+    stats = {k: torch.zeros(B, dtype=torch.long) for k in ('nfe', 'cache_passes', 'token_forwards')}
+    active, n_fwd = None, 0  # the stage's masked positions (B, M), when a global stage reuses the others' keys/values
+    if block_size == L and use_cache and refresh > 1:
+        n = (x == mask_id).sum(1)
+        if (n == n[0]).all() and 0 < n[0] < L:  # every row has as many (a refine stage): one (B, M) index
+            active = (x == mask_id).nonzero()[:, 1].view(B, -1)
+            rcache = RefineCache(model.config.n_layer, L)
     for start in range(0, L, block_size):
         end = start + block_size
         m = (x[:, start:end] == mask_id).sum(1)  # (B,) masked positions per row in this block
-        n_steps = int(m.max()) if steps is None else steps
-        for s in range(n_steps):
-            k = reveal_counts(m, steps, s)  # (B,)
+        n_steps = int(m.max()) if steps is None or threshold is not None else steps
+        s = 0
+        while s < n_steps:
+            still = x[:, start:end] == mask_id
+            k = reveal_counts(m, steps, s) if threshold is None else still.any(1).long()  # (B,) tokens this step
+            if threshold is not None and not k.any():
+                break
+            s += 1
             if not k.any():
                 continue
-            still = x[:, start:end] == mask_id
             u = torch.zeros(B, 2, block_size)  # per-row uniforms: position choice, token choice
             for i in k.nonzero().flatten().tolist():  # only rows that reveal draw, so rows never interact
                 u[i] = torch.rand(2, block_size, generator=gens[i])
             u = u.to(x.device)
-            score = torch.where(still, u[:, 0], -1.0)
-            rank = score.argsort(dim=1, descending=True).argsort(dim=1)
-            reveal = still & (rank < k[:, None].to(x.device))  # k random masked positions per row
-            if cache is not None:
+            n_tok = block_size if cache is not None or block_size == L else end
+            n_fwd += 1
+            if active is not None and (n_fwd - 1) % refresh:  # the stage's positions alone, against cached keys/values
+                rcache.idx, n_tok = active, active.size(1)
+                ha = model.hidden(x.gather(1, active), active, cache=rcache)  # (B, M, C)
+                h = ha.new_zeros(B, L, ha.size(-1)).scatter_(1, active[..., None].expand_as(ha), ha)
+            elif active is not None:  # a full forward, which refreshes every position's keys and values
+                rcache.idx = None
+                h = model.hidden(x, torch.arange(L, device=x.device), cache=rcache)
+            elif cache is not None:
                 h = model.hidden(x[:, start:end], torch.arange(start, end, device=x.device), cache=cache)
             elif block_size == L:
                 h = model.hidden(x, torch.arange(L, device=x.device))
             else:
                 mask = block_causal_mask(L, block_size, x.device)[:end, :end]
                 h = model.hidden(x[:, :end], torch.arange(end, device=x.device), attn_mask=mask)[:, start:]
-            tok, p = sample_tokens(model.logits(h[reveal], weight_t), u[:, 1][reveal], top_p, temperature)
+            if by_conf:  # draw everywhere still masked, keep the k most probable draws
+                cand = still & (k > 0)[:, None].to(x.device)
+                tok_c, p_c = sample_tokens(model.logits(h[cand], weight_t), u[:, 1][cand], top_p, temperature, nucleus)
+                tok = torch.zeros_like(still, dtype=torch.long).masked_scatter(cand, tok_c)
+                p = torch.full(still.shape, -1.0, device=x.device, dtype=p_c.dtype).masked_scatter(cand, p_c)
+                if threshold is not None:
+                    k = torch.where(k > 0, (p >= threshold).sum(1).clamp(min=1).cpu(), 0)
+                rank = p.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+                reveal = cand & (rank < k[:, None].to(x.device))
+                tok, p = tok[reveal], p[reveal]
+            else:
+                score = torch.where(still, u[:, 0], -1.0)
+                rank = score.argsort(dim=1, descending=True).argsort(dim=1)
+                reveal = still & (rank < k[:, None].to(x.device))  # k random masked positions per row
+                tok, p = sample_tokens(model.logits(h[reveal], weight_t), u[:, 1][reveal], top_p, temperature, nucleus)
             x[:, start:end][reveal] = tok
-            conf[:, start:end][reveal] = p
-            stats['nfe'] += 1
-            stats['token_forwards'] += block_size if cache is not None or block_size == L else end
+            conf[:, start:end][reveal] = p.to(conf.dtype)
+            stats['nfe'] += (k > 0).cpu()
+            stats['token_forwards'] += (k > 0).cpu() * n_tok
         if cache is not None and end < L:  # the last block's keys/values would never be read
             model.hidden(x[:, start:end], torch.arange(start, end, device=x.device), cache=cache)
             cache.advance(block_size)
@@ -476,29 +563,58 @@ def posthoc_confidence(model, x):
     return F.softmax(model.logits(h), dim=-1).gather(-1, x[..., None]).squeeze(-1)  # (B, L)
 
 
-def check_stages(stages, L, prompt_len, remask):
+STAGE_OPTIONS = dict(steps=None, order='random', threshold=None, refresh=1)  # denoise's schedule, per stage
+
+
+def stage_options(stage):
+    """(block_size, gamma[, steps or {option: value}]) -> block_size, gamma, and all of denoise's options."""
+    bs, gamma, *rest = stage
+    opts = rest[0] if rest and isinstance(rest[0], dict) else {'steps': rest[0] if rest else None}
+    return bs, gamma, {**STAGE_OPTIONS, **opts}
+
+
+def check_sampling(stages, L, prompt_len, remask, top_p, temperature, nucleus):
+    """One ValueError per bad sampling setting, before any work."""
     if not stages or stages[0][1] != 1.0:
         raise ValueError(f"the first stage is the draft and must have gamma = 1 (all masked), got {stages}")
-    for bs, gamma, *_ in stages:
+    for stage in stages:
+        bs, gamma, o = stage_options(stage)
         if bs <= 0 or L % bs:
             raise ValueError(f"block size {bs} does not divide the sequence length {L}; use a divisor of {L}")
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"remask ratio gamma={gamma} is outside [0, 1]")
+        if set(o) - set(STAGE_OPTIONS):
+            raise ValueError(f"unknown stage option {sorted(set(o) - set(STAGE_OPTIONS))}; use {sorted(STAGE_OPTIONS)}")
+        if o['steps'] is not None and o['steps'] < 1:
+            raise ValueError(f"steps={o['steps']} per block: every block needs at least one denoising step")
+        if o['order'] not in ('random', 'confidence'):
+            raise ValueError(f"unknown reveal order {o['order']!r}; use random or confidence")
+        if o['threshold'] is not None and not 0 < o['threshold'] <= 1:
+            raise ValueError(f"confidence threshold {o['threshold']} must be in (0, 1]")
+        if o['refresh'] < 1:
+            raise ValueError(f"refresh={o['refresh']}: keys and values are refreshed every r >= 1 steps")
     if not 0 < prompt_len < L:
         raise ValueError(f"prompt of {prompt_len} tokens must be between 1 and {L - 1} tokens (seq_len {L})")
     if remask not in ('snapshot', 'posthoc', 'random'):
         raise ValueError(f"unknown remask strategy {remask!r}; use snapshot, posthoc or random")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p={top_p} must be in (0, 1]")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0: greedy)")
+    if nucleus not in ('standard', 'bd3lm'):
+        raise ValueError(f"unknown nucleus rule {nucleus!r}; use standard or bd3lm")
 
 
 @torch.no_grad()
 def generate(model, prompt, seeds, stages=((4, 1.0), (1024, 0.25)), remask='snapshot', top_p=0.9,
-             temperature=1.0, use_cache=True):
+             temperature=1.0, use_cache=True, nucleus='standard'):
     """Diffusion in Diffusion: K-stage generation of len(seeds) sequences of seq_len tokens.
 
     prompt: list of token ids at positions 0.. (default in sample.py: [<|endoftext|>], as BD3-LM).
-    stages: (block_size, gamma) or (block_size, gamma, steps) per stage. Stage 1 (gamma = 1) drafts from an
+    stages: (block_size, gamma), (block_size, gamma, steps) or (block_size, gamma, {option: value}) per stage,
+    the options being denoise's schedule (steps, order, threshold, refresh). Stage 1 (gamma = 1) drafts from an
     all-MASK sequence; each later stage remasks floor(gamma * n) of the n generated positions per sequence,
-    chosen by `remask`, and denoises them again with its block size (paper §3: draft B=4, refine B=L).
+    chosen by `remask`, and denoises them again with its block size (DiD's headline setting: draft B=4, refine B=L).
       snapshot: lowest snapshot confidence (probability of the token when it was committed; DiD's method)
       posthoc:  lowest probability under one forward pass over the finished sequence (the paper's baseline)
       random:   uniformly random positions
@@ -507,7 +623,7 @@ def generate(model, prompt, seeds, stages=((4, 1.0), (1024, 0.25)), remask='snap
     remasked (B, L) bool, history (B, L) tokens after the stage, stats (forward-pass counts)."""
     L, mask_id = model.config.seq_len, model.config.mask_id
     P = len(prompt)
-    check_stages(stages, L, P, remask)
+    check_sampling(stages, L, P, remask, top_p, temperature, nucleus)
     device = model.lm_head.weight.device
     B = len(seeds)
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
@@ -515,7 +631,8 @@ def generate(model, prompt, seeds, stages=((4, 1.0), (1024, 0.25)), remask='snap
     x[:, :P] = torch.tensor(prompt, dtype=torch.long, device=device)
     conf = torch.ones(B, L, device=device, dtype=torch.promote_types(model.lm_head.weight.dtype, torch.float32))
     remasked, history, stats = [], [], []
-    for k, (bs, gamma, *steps) in enumerate(stages):
+    for k, stage in enumerate(stages):
+        bs, gamma, opts = stage_options(stage)
         if k == 0:
             sel = x == mask_id
         else:
@@ -531,7 +648,8 @@ def generate(model, prompt, seeds, stages=((4, 1.0), (1024, 0.25)), remask='snap
             sel = torch.zeros_like(x, dtype=torch.bool).scatter_(1, idx, True)
             x[sel] = mask_id
         remasked.append(sel)
-        stats.append(denoise(model, x, conf, bs, gens, steps[0] if steps else None, top_p, temperature, use_cache))
+        stats.append(denoise(model, x, conf, bs, gens, top_p=top_p, temperature=temperature, use_cache=use_cache,
+                             nucleus=nucleus, **opts))
         history.append(x.clone())
     return dict(tokens=x, conf=conf, remasked=remasked, history=history, stats=stats)
 
@@ -540,10 +658,11 @@ def generate(model, prompt, seeds, stages=((4, 1.0), (1024, 0.25)), remask='snap
 # evaluation
 
 @torch.no_grad()
-def nelbo(model, batches, block_size, seed=1337, ctx=None):
+def nelbo(model, batches, block_size, seed=1337, ctx=None, bos=False):
     """Validation NELBO per token (nats) at any block size: unclipped t in [1e-3, 1], no resampling, one
     seeded noise draw per batch. exp(nelbo) upper-bounds the perplexity. block_size=0 gives the exact AR
-    cross-entropy of a causal model instead."""
+    cross-entropy of a causal model instead. bos=True: position 0 holds the BOS, is never masked and not
+    counted (BD3-LM's ignore_bos), so the average runs over the L - 1 other positions."""
     ctx = ctx or contextlib.nullcontext()
     total, count = 0.0, 0
     for i, x0 in enumerate(batches):
@@ -552,10 +671,42 @@ def nelbo(model, batches, block_size, seed=1337, ctx=None):
                 loss = ar_loss(model, x0)
             else:
                 g = torch.Generator(device=x0.device).manual_seed(seed + i)
-                x_t, t = add_noise(x0, block_size, model.config.mask_id, generator=g)
-                loss = diffusion_loss(model, x0, x_t, t, block_size)
+                x_t, t = add_noise(x0, block_size, model.config.mask_id, generator=g, keep_first=bos)
+                L = x0.size(1)
+                loss = diffusion_loss(model, x0, x_t, t, block_size) * (L / (L - 1) if bos else 1)
         total, count = total + loss.item(), count + 1
     return total / count
+
+
+def search_intervals(widths=(0.5, 0.6, 0.7, 0.8, 0.9), delta=0.05, eps=1e-3):
+    """BD3-LM's candidate noise intervals: the unclipped [eps, 1], and [s, s + w] for every width w and every
+    start s = 0, delta, ... <= 1 - w (s clamped to >= eps): 36 intervals with the default widths."""
+    out = [(eps, 1.0)]
+    for w in widths:
+        for i in range(round((1 - w) / delta) + 1):
+            out.append((max(round(i * delta, 6), eps), round(i * delta + w, 6)))
+    return out
+
+
+@torch.no_grad()
+def clipped_schedule_search(block_losses, candidates):
+    """BD3-LM's data-driven clipped schedule (its var_min search): block_losses((eps_min, eps_max)) returns a
+    list of per-block mean losses, one (B, L/block_size) tensor per validation batch, with t drawn from that
+    interval. The interval whose losses vary least (summed over batches, the variance across the blocks of
+    a batch) gives the lowest-variance gradient estimate. Returns the best interval and every score."""
+    scores = {c: sum(b.double().var().item() for b in block_losses(c)) for c in candidates}
+    return min(scores, key=scores.get), scores
+
+
+def gpt2_encoding():
+    """tiktoken's GPT-2 BPE, or SystemExit with the fix when its files cannot be fetched (no network)."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding('gpt2')
+    except Exception as e:
+        raise SystemExit(f"error: tiktoken cannot load the GPT-2 BPE files ({type(e).__name__}; no network?): set "
+                         f"TIKTOKEN_CACHE_DIR to a folder holding them (in our workspace: ../shared/data/gpt2_bpe/"
+                         f"tiktoken_cache), or use characters (prepare_owt.py --tokenizer=char)")
 
 
 class Tokenizer:
@@ -565,8 +716,7 @@ class Tokenizer:
     def __init__(self, meta):
         self.kind, self.eot, self.vocab_size = meta['tokenizer'], meta['eot'], meta['vocab_size']
         if self.kind == 'gpt2':
-            import tiktoken
-            self.enc = tiktoken.get_encoding('gpt2')
+            self.enc = gpt2_encoding()
         else:
             self.chars = meta['chars']
             self.stoi = {c: i for i, c in enumerate(self.chars)}
@@ -583,48 +733,94 @@ class Tokenizer:
         return ''.join(self.chars[i] if i < len(self.chars) else '<|endoftext|>' for i in ids)
 
 
-def configure(cfg, argv):
+def check_device(device, dtype):
+    """One line, and the fix, for a device or dtype this machine cannot run (train.py, sample.py, bench.py)."""
+    if not re.fullmatch(r'cpu|mps|cuda(:\d+)?', device):
+        raise SystemExit(f"error: --device={device!r}: use cpu, cuda, cuda:N or mps")
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device={device} but this PyTorch sees no CUDA GPU: use --device=cpu, or install "
+                         f"a CUDA build of torch")
+    if device.startswith('cuda:') and int(device[5:]) >= torch.cuda.device_count():
+        raise SystemExit(f"error: --device={device} but there are {torch.cuda.device_count()} GPUs")
+    if device == 'mps' and not torch.backends.mps.is_available():
+        raise SystemExit("error: --device=mps but MPS is not available here: use --device=cpu")
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        raise SystemExit(f"error: --dtype={dtype!r}: use float32, bfloat16 or float16")
+
+
+ALIASES = {'block_size': 'seq_len', 'n_ctx': 'seq_len', 'context_length': 'seq_len', 'lr': 'learning_rate',
+           'iters': 'max_iters', 'num_iters': 'max_iters', 'gamma': 'stages', 'steps_per_block': 'steps'}
+
+
+def configure(cfg, argv, quiet=False):
     """The poor man's configurator (nanoGPT): argv holds config files (python, run in cfg) and --key=value
     overrides of the script's config block cfg (its globals), type-checked. Returns the config keys."""
     keys = [k for k, v in cfg.items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, dict, list, tuple, type(None)))]
     for arg in argv:
         if not arg.startswith('--'):
-            print(f"overriding config with {arg}")
-            exec(open(arg).read(), cfg)
+            if not os.path.isfile(arg):
+                raise SystemExit(f"error: config file {arg} not found (config files are in config/; "
+                                 f"overrides are written --key=value)")
+            if not quiet:
+                print(f"overriding config with {arg}")
+            try:
+                exec(open(arg).read(), cfg)
+            except Exception as e:
+                raise SystemExit(f"error: config file {arg} failed: {type(e).__name__}: {e}")
             continue
         key, eq, val = arg[2:].partition('=')
         if not eq and isinstance(cfg.get(key), bool):
             val = 'True'  # a bare --flag switches a boolean on
         if key not in keys:
-            raise SystemExit(f"error: unknown config key --{key}; the keys are in the config block at the top of the script")
+            near = ALIASES.get(key) if ALIASES.get(key) in keys else next(iter(difflib.get_close_matches(key, keys, 1)), None)
+            hint = f"; did you mean --{near}?" if near else ""
+            raise SystemExit(f"error: unknown config key --{key}{hint} (the keys are in the config block at the top of the script)")
         try:
             val = ast.literal_eval(val)
         except (ValueError, SyntaxError):
             pass  # a plain string
         old = cfg[key]
-        if old is not None and not isinstance(val, type(old)) and not (isinstance(val, int) and isinstance(old, float)):
-            raise SystemExit(f"error: --{key}={val!r} should be a {type(old).__name__}")
+        bad_bool = isinstance(val, bool) != isinstance(old, bool)  # True is an int to Python, not to us
+        if old is not None and (bad_bool or not isinstance(val, type(old)) and not (isinstance(val, int) and isinstance(old, float))):
+            raise SystemExit(f"error: --{key}={val!r} should be a {type(old).__name__}, like the default {old!r}")
         cfg[key] = val
     return keys
 
 
 # -----------------------------------------------------------------------------
-# loading BD3-LM checkpoints (kuleshov-group/bd3lm-owt-*)
+# loading checkpoints: ours (train.py's ckpt.pt) and BD3-LM's (kuleshov-group/bd3lm-owt-*)
+
+def load_checkpoint(path, device='cpu'):
+    """train.py's ckpt.pt, or SystemExit with one line saying what is wrong with the file."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: {path} not found: train first (python train.py ...) or point --out_dir at a run")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:
+        raise SystemExit(f"error: {path} is not a readable checkpoint ({type(e).__name__}); it may be truncated "
+                         f"or from another program: retrain, or restore it from a copy")
+    need = {'model', 'ema', 'model_args', 'config', 'iter_num'}
+    if not isinstance(ckpt, dict) or not need <= set(ckpt):
+        raise SystemExit(f"error: {path} is not a train.py checkpoint (it lacks {sorted(need - set(ckpt) if isinstance(ckpt, dict) else need)})")
+    return ckpt
+
 
 @torch.no_grad()
-def from_bd3lm(sd, seq_len=1024, dropout=0.0):
+def from_bd3lm(sd, seq_len=1024, dropout=0.0, n_head=None):
     """Build a DiD from a BD3-LM / MDLM DiT state dict (keys 'backbone.*' as in its HF model, or without prefix).
 
     BD3-LM keeps DiT's adaLN but feeds it time 0 (time_conditioning=False), so c = silu(sigma_map(0)) is a
     constant and every shift, scale and gate is a constant vector. Fold them away:
       modulate(LN_w(x), shift, scale) = LN(x) * w * (1 + scale) + shift  -> a LayerNorm with weight and bias
       x + gate * (W y + b)                                              -> gate folded into W's rows and b
-    Returns the model and the checkpoint's clipped noise interval (sampling_eps_min, sampling_eps_max)."""
+    n_head: the checkpoint config's n_heads (the state dict does not say; None: head dim 64, as small/medium).
+    Returns the model and the checkpoint's clipped noise interval (sampling_eps_min, sampling_eps_max), read
+    from its float32 buffers and rounded to 6 decimals (0.0010000000474974513 is the unclipped 1e-3)."""
     sd = {k.removeprefix('backbone.'): v.double() for k, v in sd.items()}  # fold in float64, store in fp32
     V, C = sd['vocab_embed.embedding'].shape
     n_layer = 1 + max(int(k.split('.')[1]) for k in sd if k.startswith('blocks.'))
-    hs = 64  # BD3-LM's head dim (small: 12 heads x 64, medium: 16 x 64)
-    model = DiD(DiDConfig(seq_len=seq_len, vocab_size=V, n_layer=n_layer, n_head=C // hs, n_embd=C, dropout=dropout))
+    n_head = n_head or C // 64
+    model = DiD(DiDConfig(seq_len=seq_len, vocab_size=V, n_layer=n_layer, n_head=n_head, n_embd=C, dropout=dropout))
     # the constant conditioning vector: sinusoidal embedding of t = 0 is [cos 0 ..., sin 0 ...] = [1..., 0...]
     w0 = sd['sigma_map.mlp.0.weight']
     emb = torch.cat([torch.ones(w0.shape[1] // 2), torch.zeros(w0.shape[1] - w0.shape[1] // 2)]).double()
@@ -652,13 +848,16 @@ def from_bd3lm(sd, seq_len=1024, dropout=0.0):
     model.lm_head.bias.zero_()
     model.lm_head.weight[:V] = sd['output_layer.linear.weight']
     model.lm_head.bias[:V] = sd['output_layer.linear.bias']
-    eps = (float(sd.get('sampling_eps_min', torch.tensor(1e-3))), float(sd.get('sampling_eps_max', torch.tensor(1.0))))
+    eps = tuple(round(float(sd.get(k, torch.tensor(d))), 6) for k, d in (('sampling_eps_min', 1e-3), ('sampling_eps_max', 1.0)))
     return model, eps
 
 
 def load_bd3lm(name, seq_len=1024, dropout=0.0):
     """name: a Hugging Face repo id (kuleshov-group/bd3lm-owt-block_size4, ...) or a local directory holding
-    its model.safetensors or pytorch_model.bin. Downloading needs the optional huggingface_hub package."""
+    its model.safetensors or pytorch_model.bin, and its config.json (n_heads, block_size). Downloading needs
+    the optional huggingface_hub package. Returns the model and {block_size: noise interval}: the interval
+    the checkpoint's training searched, for the one block size it was searched for (empty when unclipped or
+    when config.json does not say the block size)."""
     path = name
     if not os.path.isdir(name):
         try:
@@ -674,7 +873,11 @@ def load_bd3lm(name, seq_len=1024, dropout=0.0):
         sd = torch.load(os.path.join(path, 'pytorch_model.bin'), map_location='cpu', weights_only=True)
     else:
         raise SystemExit(f"error: no model.safetensors or pytorch_model.bin in {path}")
-    return from_bd3lm(sd, seq_len, dropout)
+    cfg_path = os.path.join(path, 'config.json')
+    cfg = json.load(open(cfg_path)) if os.path.exists(cfg_path) else {}
+    model, eps = from_bd3lm(sd, seq_len, dropout, cfg.get('n_heads'))
+    block = cfg.get('block_size')
+    return model, ({block: eps} if block and eps != (1e-3, 1.0) else {})
 
 # -----------------------------------------------------------------------------
 # generative perplexity (the BD3-LM protocol) and entropy
@@ -703,11 +906,15 @@ def sample_nll(logits_fn, ids, eos, ctx_len, stride=None):
 
 def gen_ppl(logits_fn, samples, eos, ctx_len):
     """Generative perplexity of samples (lists of judge token ids): the mean of the per-sample perplexities
-    (what the BD3-LM and DiD tables report), their std, and the token-weighted perplexity beside it."""
+    (what the BD3-LM and DiD tables report), their standard deviation, and the token-weighted perplexity.
+    A sample with no scored token (every target EOS) has no perplexity (0/0) and is left out, as BD3-LM's
+    NaN-skipping mean leaves it out; the list of per-sample values keeps it as NaN."""
     per = [sample_nll(logits_fn, torch.as_tensor(s), eos, ctx_len) for s in samples]
-    ppls = torch.tensor([math.exp(n / max(c, 1)) for n, c in per], dtype=torch.float64)
+    ppls = torch.tensor([math.exp(n / c) if c else float('nan') for n, c in per], dtype=torch.float64)
+    ok = ppls[~ppls.isnan()]
     weighted = math.exp(sum(n for n, _ in per) / max(sum(c for _, c in per), 1))
-    return ppls.mean().item(), (ppls.std().item() if len(ppls) > 1 else 0.0), weighted, ppls.tolist()
+    return (ok.mean().item() if len(ok) else float('nan'), ok.std().item() if len(ok) > 1 else 0.0, weighted,
+            ppls.tolist())
 
 
 def unigram_entropy(ids):
@@ -717,25 +924,53 @@ def unigram_entropy(ids):
     return -(p * p.log()).sum().item()
 
 
+def words(text):
+    """The words of a text for the real-word rate: lowercased runs of letters."""
+    return re.findall(r'[a-z]+', text.lower())
+
+
+def real_word_rate(text, vocab):
+    """Share of text's words that occur in vocab (a set of words, e.g. words(training text)); NaN if none.
+    Real Tiny Shakespeare scores about 0.98 against its own training split; character soup far less."""
+    w = words(text)
+    return sum(x in vocab for x in w) / len(w) if w else float('nan')
+
+
+def clean_up_tokenization(text):
+    """The whitespace clean-up of Hugging Face's batch_decode (transformers <= 4.44 applied it by default,
+    clean_up_tokenization_spaces=True; BD3-LM's paper code pinned 4.38.2): our GPT-2 samples are decoded
+    with tiktoken, which does not do it, so the gpt2-large protocol applies it before re-encoding."""
+    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+                 (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(a, b)
+    return text
+
+
 class Judge:
-    """A causal LM that scores samples: our own AR checkpoint (train.py --causal=True), or 'gpt2-large' (the
-    paper's judge, through the optional transformers package). Both re-encode the decoded text."""
+    """A causal LM that scores samples: our own AR checkpoint (train.py --causal=True), or a Hugging Face causal
+    LM: 'gpt2-large' (the paper's judge) or a local folder holding one (through the optional transformers
+    package). Both re-encode the decoded text; score() follows BD3-LM's Gen PPL protocol."""
 
     def __init__(self, name, device='cpu'):
-        self.device = device
-        if name.startswith('gpt2'):
+        self.device, self.name = device, name
+        self.hf = name.startswith('gpt2') or os.path.isfile(os.path.join(name, 'config.json'))
+        if self.hf:
             try:
                 from transformers import AutoModelForCausalLM, AutoTokenizer
             except ImportError:
                 raise SystemExit(f"error: --judge={name} needs transformers: pip install transformers "
                                  f"(or pass --judge=path/to/ar_ckpt.pt, an AR model trained with --causal=True)")
-            self.tok = AutoTokenizer.from_pretrained(name)
-            self.model = AutoModelForCausalLM.from_pretrained(name).to(device).eval()
+            try:
+                self.tok = AutoTokenizer.from_pretrained(name)
+                self.model = AutoModelForCausalLM.from_pretrained(name).to(device).eval()
+            except OSError as e:
+                raise SystemExit(f"error: cannot load the judge {name} ({str(e).splitlines()[0][:150]}): it needs a "
+                                 f"network the first time, or pass a local folder or --judge=path/to/ar_ckpt.pt")
             self.eos, self.ctx_len = self.tok.eos_token_id, self.model.config.n_positions
             self.encode = lambda text: self.tok(text, add_special_tokens=False)['input_ids']
             self.logits = lambda ids: self.model(ids[None].to(device)).logits[0]
         else:
-            ckpt = torch.load(name, map_location=device, weights_only=False)
+            ckpt = load_checkpoint(name, device)
             if not ckpt['config'].get('causal'):
                 raise SystemExit(f"error: judge {name} is not a causal model: train one with train.py --causal=True")
             self.model = DiD(DiDConfig(**ckpt['model_args']))
@@ -745,3 +980,11 @@ class Judge:
             self.eos, self.ctx_len, self.encode = tok.eot, self.model.config.seq_len, tok.encode
             self.logits = lambda ids: self.model.logits(self.model.hidden(
                 ids[None].to(device), torch.arange(len(ids), device=device), is_causal=True))[0, :, :tok.vocab_size]
+
+    @torch.no_grad()
+    def score(self, texts, max_len):
+        """BD3-LM's protocol on decoded samples: clean up the whitespace as its batch_decode did (Hugging Face
+        judges), re-encode with the judge's tokenizer, truncate to max_len tokens (the sampler's L), score.
+        Returns gen_ppl's (mean, std, token-weighted, per-sample) and the mean unigram entropy of the ids."""
+        ids = [self.encode(clean_up_tokenization(t) if self.hf else t)[:max_len] for t in texts]
+        return gen_ppl(self.logits, ids, self.eos, self.ctx_len), sum(map(unigram_entropy, ids)) / len(ids)

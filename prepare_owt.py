@@ -27,6 +27,7 @@ p.add_argument('--num_docs', type=int, default=0, help='stream only the first N 
 p.add_argument('--out_dir', default='data/openwebtext', help='where train.bin, val.bin and meta.json go')
 p.add_argument('--tokenizer', default='gpt2', choices=['gpt2', 'char'], help='GPT-2 BPE, or characters (tiny vocab, fast on a CPU)')
 p.add_argument('--val_frac', type=float, default=0.1, help='validation fraction for --input and --num_docs')
+p.add_argument('--overwrite', action='store_true', help='replace the data already in --out_dir')
 p.add_argument('--num_proc', type=int, default=max(1, os.cpu_count() // 2), help='tokenizer processes')
 args = p.parse_args()
 
@@ -39,15 +40,28 @@ def encode(text):  # runs in the worker processes
     return np.array([enc.eot_token] + enc.encode_ordinary(text), dtype=np.uint16)
 
 def read_local(paths):
+    """The documents of local .txt (one each) / .jsonl (one per line, "text" field) files, or one line of error."""
     docs = []
     for path in paths:
-        if not os.path.exists(path):
+        if not os.path.isfile(path):
             raise SystemExit(f"error: --input file {path} not found")
-        with open(path, encoding='utf-8') as f:
-            if path.endswith('.jsonl'):
-                docs += [json.loads(line)['text'] for line in f if line.strip()]
-            else:
-                docs.append(f.read())
+        try:
+            with open(path, encoding='utf-8') as f:
+                if path.endswith('.jsonl'):
+                    for n, line in enumerate(f, 1):
+                        if line.strip():
+                            try:
+                                docs.append(json.loads(line)['text'])
+                            except (ValueError, KeyError, TypeError):
+                                raise SystemExit(f"error: {path} line {n} is not a JSON object with a \"text\" field")
+                else:
+                    docs.append(f.read())
+        except UnicodeDecodeError as e:
+            raise SystemExit(f"error: {path} is not UTF-8 text (byte {e.start}): convert it, e.g. iconv -t utf-8")
+        if any('\x00' in d for d in docs):
+            raise SystemExit(f"error: {path} holds NUL bytes: it looks like a binary file, not text")
+    if not any(d.strip() for d in docs):
+        raise SystemExit(f"error: --input {' '.join(paths)} holds no text")
     return docs
 
 def read_owt():
@@ -62,18 +76,20 @@ def read_owt():
     return load_dataset('openwebtext', split='train', num_proc=args.num_proc, trust_remote_code=True)
 
 def write(path, arrays, total):
-    arr = np.memmap(path, dtype=np.uint16, mode='w+', shape=(total,))
+    """uint16 tokens into path + '.tmp' (renamed into place once everything is written, by main)."""
+    arr = np.memmap(path + '.tmp', dtype=np.uint16, mode='w+', shape=(total,))
     idx = 0
     for a in tqdm(arrays, desc=f'writing {path}'):
         arr[idx:idx + len(a)] = a
         idx += len(a)
     arr.flush()
 
-if __name__ == '__main__':
-    os.makedirs(args.out_dir, exist_ok=True)
-    docs = read_local(args.input) if args.input else read_owt()
+def main(docs):
+    docs = docs or read_owt()
     if args.tokenizer == 'char':
         chars = sorted(set(''.join(docs)))
+        if len(chars) >= 65535:
+            raise SystemExit(f"error: {len(chars)} distinct characters do not fit uint16 ids: use --tokenizer=gpt2")
         eot = len(chars)  # one more id for <|endoftext|>
         stoi = {c: i for i, c in enumerate(chars)}
         toks = [np.array([eot] + [stoi[c] for c in d], dtype=np.uint16) for d in docs]
@@ -91,8 +107,7 @@ if __name__ == '__main__':
             total = int(np.sum(dset['len'], dtype=np.uint64))
             shards = (dset.shard(num_shards=1024, index=i, contiguous=True).with_format('numpy') for i in range(1024))
             write(os.path.join(args.out_dir, f'{split}.bin'), (np.concatenate(s['ids']) for s in shards), total)
-        json.dump({'tokenizer': 'gpt2', 'vocab_size': 50257, 'eot': 50256}, open(os.path.join(args.out_dir, 'meta.json'), 'w'))
-        raise SystemExit(0)  # train.bin ~9.0B tokens (17 GB), val.bin ~0.2B tokens
+        return {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eot': 50256}  # train.bin ~9.0B tokens (17 GB), val.bin ~0.2B
     if args.input:  # split the token stream
         stream = np.concatenate(toks)
         n_val = max(1, int(len(stream) * args.val_frac))
@@ -101,6 +116,42 @@ if __name__ == '__main__':
         n_val = max(1, int(len(toks) * args.val_frac))
         parts = {'train': toks[:-n_val], 'val': toks[-n_val:]}
     for split, arrays in parts.items():
-        write(os.path.join(args.out_dir, f'{split}.bin'), arrays, sum(len(a) for a in arrays))
-        print(f"{split}: {sum(len(a) for a in arrays):,} tokens")
-    json.dump(meta, open(os.path.join(args.out_dir, 'meta.json'), 'w'))
+        n = sum(len(a) for a in arrays)
+        if n == 0:
+            raise SystemExit(f"error: the {split} split would be empty: give more text, or change --val_frac")
+        write(os.path.join(args.out_dir, f'{split}.bin'), arrays, n)
+        print(f"{split}: {n:,} tokens")
+    return meta
+
+if __name__ == '__main__':
+    files = [os.path.join(args.out_dir, f) for f in ('train.bin', 'val.bin', 'meta.json')]
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise SystemExit(f"error: --out_dir={args.out_dir} is a file: pick a folder name")
+    if any(map(os.path.exists, files)) and not args.overwrite:
+        raise SystemExit(f"error: {args.out_dir} already holds prepared data: pick another --out_dir, or pass "
+                         f"--overwrite to replace it")
+    if not 0 < args.val_frac < 1:
+        raise SystemExit(f"error: --val_frac={args.val_frac} must be between 0 and 1")
+    docs = read_local(args.input) if args.input else None
+    if args.tokenizer == 'gpt2':
+        from did import gpt2_encoding
+        gpt2_encoding()  # the BPE files load here (or one line of error), before any work
+    created = not os.path.isdir(args.out_dir)
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+        meta = main(docs)
+        with open(files[2] + '.tmp', 'w') as f:
+            json.dump(meta, f)
+        for path in files:  # all three files written: put them in place together
+            os.replace(path + '.tmp', path)
+    except BaseException as e:  # an error, Ctrl-C: leave nothing half-written behind (and no folder we made)
+        for path in files:
+            if os.path.exists(path + '.tmp'):
+                os.remove(path + '.tmp')
+        if created and not os.listdir(args.out_dir):
+            os.rmdir(args.out_dir)
+        if isinstance(e, KeyboardInterrupt):
+            raise SystemExit("error: interrupted; nothing was written")
+        if isinstance(e, OSError):
+            raise SystemExit(f"error: cannot write to {args.out_dir} ({e.strerror}): pick a folder you can write to")
+        raise

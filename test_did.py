@@ -8,6 +8,9 @@ import json
 import math
 import os
 import re
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
 
@@ -23,6 +26,8 @@ SHARED = os.path.join(ROOT, '..', 'shared', 'data')
 TIKTOKEN_CACHE = os.path.join(SHARED, 'gpt2_bpe', 'tiktoken_cache')
 if os.path.isdir(TIKTOKEN_CACHE):
     os.environ.setdefault('TIKTOKEN_CACHE_DIR', TIKTOKEN_CACHE)
+if 'TIKTOKEN_CACHE_DIR' in os.environ:  # a relative path (as the README writes it) must survive the subprocesses' cwd
+    os.environ['TIKTOKEN_CACHE_DIR'] = os.path.abspath(os.environ['TIKTOKEN_CACHE_DIR'])
 SHAKESPEARE = os.path.join(SHARED, 'text', 'tinyshakespeare.txt')
 
 
@@ -241,29 +246,200 @@ def test_training_lowers_loss_and_resume_is_exact(tiny_run):
     assert 'val/nelbo_B2' in evals[0]
 
 
+def test_fine_tune_from_a_run_and_the_noise_search(tiny_run):
+    """--init_from=run:DIR starts from that run's weights and EMA with a fresh optimizer, iteration 0, its own
+    out_dir (the source untouched), and the intervals the source's noise search found for its block sizes."""
+    tmp_path = tiny_run[0]
+    _, log = train(tmp_path, '--max_iters=2', '--eval_interval=2', '--out_dir=src', '--noise_search=True')
+    src = torch.load(tmp_path / 'src' / 'ckpt.pt', weights_only=False)
+    assert set(src['intervals']) == {4} and 'noise search B=4: interval' in log  # the global block stays unclipped
+    assert all(iv in __import__('did').search_intervals() for iv in src['intervals'].values())
+    before = (tmp_path / 'src' / 'ckpt.pt').read_bytes()
+    _, log = train(tmp_path, '--max_iters=1', '--eval_interval=1', '--out_dir=ft_run', '--init_from=run:src',
+                   '--learning_rate=1e-30', '--block_mix={4: 1.0}')
+    ft = torch.load(tmp_path / 'ft_run' / 'ckpt.pt', weights_only=False)
+    assert 'fine-tuning src/ckpt.pt (iteration 2)' in log and ft['iter_num'] == 1
+    assert all(torch.allclose(ft['model'][k], v, rtol=0, atol=1e-20) for k, v in src['model'].items())  # lr 1e-30
+    assert all(s['step'] == 1 for s in ft['optimizer']['state'].values())  # a fresh optimizer
+    assert ft['intervals'] == {4: src['intervals'][4]}  # carried for the block size trained here
+    assert (tmp_path / 'src' / 'ckpt.pt').read_bytes() == before
+    # the EMA weights are the source's: evaluating the fine-tune's starting point gives the source's numbers
+    ev = [train(tmp_path, f'--out_dir={d}', f'--init_from={i}', '--eval_only=True')[1]
+          for d, i in (('src', 'resume'), ('unused', 'run:src'))]
+    assert re.findall(r'val/nelbo_B4: [\d.]+', ev[0]) == re.findall(r'val/nelbo_B4: [\d.]+', ev[1]) != []
+
+
+def test_divergence_at_an_evaluation_keeps_the_last_good_checkpoint(tiny_run):
+    """The weights explode (lr 1e30) right before an evaluation: nothing non-finite is saved, the message says
+    which iteration the untouched checkpoint holds, and the exit code is not 0."""
+    tmp_path = tiny_run[0]
+    train(tmp_path, '--max_iters=2', '--eval_interval=2', '--out_dir=nan')
+    before = (tmp_path / 'nan' / 'ckpt.pt').read_bytes()
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--out_dir=nan', '--init_from=resume',
+                          '--max_iters=4', '--eval_interval=1', '--learning_rate=1e30'], cwd=tmp_path,
+                         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0 and len(lines) == 1 and 'diverged by iteration 3' in lines[0], out.stdout + out.stderr
+    assert 'nan/ckpt.pt holds iteration 2' in lines[0]
+    assert (tmp_path / 'nan' / 'ckpt.pt').read_bytes() == before
+
+
+def test_ctrl_c_saves_the_last_iteration_and_resumes_exactly(tiny_run):
+    """SIGINT mid-run: one line, the last finished iteration saved (atomically), and a resume that continues with
+    exactly the losses of an uninterrupted run; resuming needs nothing but --out_dir and --init_from."""
+    tmp_path = tiny_run[0]
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), *TINY, '--max_iters=1000', '--eval_interval=1000',
+           '--out_dir=int']
+    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))
+    for line in p.stdout:
+        if line.startswith('iter 5:'):
+            break
+    p.send_signal(signal.SIGINT)
+    rc, err = p.wait(timeout=60), p.stderr.read()
+    lines = err.strip().splitlines()
+    assert rc != 0 and len(lines) == 1 and lines[0].startswith('error: interrupted: int/ckpt.pt holds iteration'), err
+    n = torch.load(tmp_path / 'int' / 'ckpt.pt', weights_only=False)['iter_num']
+    assert n >= 5 and f'holds iteration {n};' in lines[0] and not (tmp_path / 'int' / 'ckpt.pt.tmp').exists()
+    resumed, log = train(tmp_path, '--out_dir=int', '--init_from=resume', f'--max_iters={n + 3}')  # TINY is just repeated
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--out_dir=int', '--init_from=resume',
+                          f'--max_iters={n + 5}'], cwd=tmp_path, capture_output=True, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))  # the saved config alone
+    assert out.returncode == 0 and f'resuming from iteration {n + 3}' in out.stdout, out.stderr
+    full, _ = train(tmp_path, '--max_iters=' + str(n + 3), '--eval_interval=1000', '--out_dir=int_full')
+    assert f'resuming from iteration {n}' in log and sorted(resumed) == list(range(n + 1, n + 4))
+    assert all(resumed[i] == full[i] for i in resumed), (resumed, full)
+
+
 def test_two_process_ddp_matches_one_process(tiny_run):
+    """The same losses with 2 gloo processes as with 1. And MFU is per device: MFU / (tokens/s) is the FLOPs one
+    process spends per token over its peak, so with 2 processes it must be half the 1-process value (each does half
+    of the same micro-batches); summing the FLOPs over processes (the bug) made it equal."""
     tmp_path = tiny_run[0]
-    one, _ = train(tmp_path, '--max_iters=3', '--eval_interval=100', '--batch_size=4', '--out_dir=one')
-    two, _ = train(tmp_path, '--max_iters=3', '--eval_interval=100', '--batch_size=4', '--out_dir=two', torchrun=2)
-    assert sorted(one) == sorted(two) == [1, 2, 3]
+    args = ['--max_iters=6', '--eval_interval=100', '--batch_size=4', '--log_interval=3', '--peak_flops=1e9',
+            '--block_mix={4: 1.0}']
+    one, log1 = train(tmp_path, *args, '--out_dir=one')
+    two, log2 = train(tmp_path, *args, '--out_dir=two', torchrun=2)
+    assert sorted(one) == sorted(two) == [3, 6]
     assert all(abs(one[i] - two[i]) < 1e-5 for i in one), (one, two)
+    q1, q2 = (float(m) / float(t.replace(',', '')) for t, m in
+              (re.findall(r'iter 6: .* ([\d,]+) tok/s, mfu ([\d.]+)%', log)[0] for log in (log1, log2)))
+    assert 0.45 < q2 / q1 < 0.55, (log1, log2)
 
 
-def test_bad_input_gives_one_clear_line(tiny_run):
+def snapshot(root):
+    """Every file under root with its size and modification time: what "nothing changed on disk" compares."""
+    return {os.path.join(d, f): (os.path.getsize(os.path.join(d, f)), os.path.getmtime(os.path.join(d, f)))
+            for d, _, fs in os.walk(root) for f in fs} | {d: None for d, _, _ in os.walk(root)}
+
+
+def run_all(cmds, cwd, env=None):
+    """Run the commands concurrently (each is a fresh Python that imports torch: seconds apiece)."""
+    procs = [subprocess.Popen(c, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS='1', **(env or {}))) for c in cmds]
+    return [(p.wait(), *p.communicate()) for p in procs]
+
+
+def test_every_bad_input_is_one_line_and_changes_nothing(tiny_run):
+    """Each bad input: exit code != 0, exactly one line on stderr that names the problem, no traceback, and
+    nothing on disk created, changed or deleted (the trained run in a/, the data, anything)."""
     tmp_path = tiny_run[0]
-    cases = [(['--dataset=nope'], 'prepare_owt.py'),
-             (['--block_mix={5: 1.0}'], 'does not divide seq_len'),
-             (['--block_mix={4: 0.5}'], 'sum to'),
-             (['--nonsense=1'], 'unknown config key'),
-             (['--init_from=resume', '--out_dir=none'], 'does not exist')]
-    for args, msg in cases:
-        out = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *TINY, *args], cwd=tmp_path,
-                             capture_output=True, text=True)
-        assert out.returncode != 0 and msg in out.stderr and 'Traceback' not in out.stderr, (args, out.stderr)
-    train(tmp_path, '--max_iters=1', '--eval_interval=1', '--out_dir=c')
-    out = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *TINY, '--n_layer=3', '--init_from=resume',
-                          '--out_dir=c'], cwd=tmp_path, capture_output=True, text=True)
-    assert out.returncode != 0 and 'n_layer=2' in out.stderr and 'Traceback' not in out.stderr
+    shutil.copytree(tmp_path / 'a', tmp_path / 'garbage', dirs_exist_ok=True)
+    (tmp_path / 'garbage' / 'ckpt.pt').write_bytes(b'not a checkpoint')
+    shutil.copytree(tmp_path / 'a', tmp_path / 'truncated', dirs_exist_ok=True)
+    blob = (tmp_path / 'a' / 'ckpt.pt').read_bytes()
+    (tmp_path / 'truncated' / 'ckpt.pt').write_bytes(blob[:len(blob) // 2])
+    (tmp_path / 'afile').write_text('x')
+    (tmp_path / 'empty.txt').write_text('')
+    (tmp_path / 'binary.dat').write_bytes(bytes(range(256)) * 4)
+    (tmp_path / 'exists.jsonl').write_text('{}\n')
+    os.makedirs(tmp_path / 'data' / 'short', exist_ok=True)
+    shutil.copy(tmp_path / 'data' / 'tiny' / 'meta.json', tmp_path / 'data' / 'short')
+    for split in ('train', 'val'):
+        np.zeros(50, dtype=np.uint16).tofile(tmp_path / 'data' / 'short' / f'{split}.bin')
+    T = [sys.executable, os.path.join(ROOT, 'train.py'), *TINY]
+    S = [sys.executable, os.path.join(ROOT, 'sample.py'), '--out_dir=a', '--num_samples=2']
+    P = [sys.executable, os.path.join(ROOT, 'prepare_owt.py')]
+    cases = [  # (command, what the one line must say)
+        (T + ['--block_mix={4: 1.5, 64: -0.5}', '--out_dir=n1'], 'probabilities >= 0'),
+        (T + ['--block_mix={5: 1.0}', '--out_dir=n1'], 'does not divide seq_len'),
+        (T + ['--block_mix={4: 0.5}', '--out_dir=n1'], 'sum to'),
+        (T + ['--batch_size=True', '--out_dir=n1'], 'should be a int'),
+        (T + ['--device=gpu', '--out_dir=n1'], 'use cpu, cuda'),
+        (T + ['--dtype=float64', '--out_dir=n1'], 'use float32, bfloat16 or float16'),
+        (T + ['--eval_interval=0', '--out_dir=n1'], 'eval_interval=0 must be a positive'),
+        (T + ['--log_interval=0', '--out_dir=n1'], 'log_interval=0 must be a positive'),
+        (T + ['--batch_size=0', '--out_dir=n1'], 'batch_size=0 must be a positive'),
+        (T + ['config/nope.py', '--out_dir=n1'], 'config file config/nope.py not found'),
+        (T + ['--dataset=nope', '--out_dir=n1'], 'prepare_owt.py'),
+        (T + ['--dataset=short', '--out_dir=n1'], 'fewer than one sequence'),
+        (T + ['--nonsense=1', '--out_dir=n1'], 'unknown config key'),
+        (T + ['--block_size=16', '--out_dir=n1'], 'did you mean --seq_len'),
+        (T + ['--tokenizer=gpt2', '--out_dir=n1'], 'holds char tokens'),
+        (T + ['--noise_clip={4: (0.3, 0.4)}', '--out_dir=n1'], 'widen the noise interval'),
+        (T + ['--eval_only=True', '--out_dir=a'], 'add --init_from=resume'),
+        (T + ['--init_from=resume', '--out_dir=none'], 'none/ckpt.pt not found'),
+        (T + ['--init_from=resume', '--out_dir=garbage'], 'not a readable checkpoint'),
+        (T + ['--init_from=resume', '--out_dir=truncated'], 'not a readable checkpoint'),
+        (T + ['--init_from=resume', '--out_dir=a', '--n_layer=3'], 'n_layer=2'),
+        (T + ['--init_from=run:none', '--out_dir=n1'], 'none/ckpt.pt not found'),
+        (T + ['--init_from=run:a', '--out_dir=a'], "this run's own out_dir"),
+        (T + ['--out_dir=a'], 'already holds a trained model'),  # from scratch over a trained run
+        (T + ['--out_dir=afile'], 'is a file'),
+        (T + ['--out_dir=afile/sub'], 'cannot write to --out_dir'),
+        (T + ['--out_dir=/proc/self'], 'cannot write to --out_dir'),
+        (S + ['--num_samples=0'], 'must be positive'),
+        (S + ['--batch_size=0'], 'must be positive'),
+        (S + ['--stages=x:1.0'], 'bad stage'),
+        (S + ['--steps=0'], 'positive integer'),
+        (S + ['--stages=4:1.0:0'], 'at least one denoising step'),
+        (S + ['--temperature=-1'], 'temperature=-1'),
+        (S + ['--top_p=0'], 'top_p=0'),
+        (S + ['--top_p=1.5'], 'top_p=1.5'),
+        (S + ['--out=/proc/self/s.jsonl'], 'cannot write --out'),
+        (S + ['--out=exists.jsonl'], 'exists'),
+        (S + ['--eval', '--judge=missing.pt'], 'missing.pt not found'),
+        (S + ['--out_dir=garbage'], 'not a readable checkpoint'),
+        (S + ['--out_dir=a', '--prompt=\u2603'], 'not in this model'),
+        (P + ['--input', 'empty.txt', '--tokenizer=char', '--out_dir=n2'], 'holds no text'),
+        (P + ['--input', 'binary.dat', '--tokenizer=char', '--out_dir=n2'], 'not UTF-8'),
+        (P + ['--input', 'nope.txt', '--tokenizer=char', '--out_dir=n2'], 'not found'),
+        (P + ['--input', 'afile', '--tokenizer=char', '--out_dir=data/tiny'], 'already holds prepared data'),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((T + ['--device=cuda', '--out_dir=n1'], 'sees no CUDA GPU'))
+    before = snapshot(tmp_path)
+    for (cmd, msg), (rc, out, err) in zip(cases, run_all([c for c, _ in cases], tmp_path)):
+        lines = err.strip().splitlines()
+        assert rc != 0 and len(lines) == 1 and msg in lines[0] and lines[0].startswith('error: '), (cmd[1:], rc, err)
+    # the GPT-2 tokenizer with no network and no cached BPE files
+    (rc, _, err), = run_all([P + ['--input', 'afile', '--out_dir=n2']], tmp_path,
+                            env=dict(TIKTOKEN_CACHE_DIR=str(tmp_path / 'nocache'), HTTPS_PROXY='http://127.0.0.1:9'))
+    assert rc != 0 and len(err.strip().splitlines()) == 1 and 'TIKTOKEN_CACHE_DIR' in err, err
+    assert snapshot(tmp_path) == before
+
+
+def test_readme_quick_start_works_word_for_word(tmp_path):
+    """A new user's commands, copied from the README's quick start into a fresh copy of the repository: the
+    download is stood in for by a copy (no network here) and training is cut to 2 iterations."""
+    for f in os.listdir(ROOT):
+        if f.endswith('.py') or f == 'config':
+            (shutil.copytree if f == 'config' else shutil.copy)(os.path.join(ROOT, f), tmp_path / f)
+    readme = open(os.path.join(ROOT, 'README.md')).read()
+    block = re.search(r'## Quick start.*?```\n(.*?)```', readme, re.S).group(1)
+    cmds = [line.split('  #')[0].strip() for line in block.splitlines() if line.strip() and not line.startswith('#')]
+    assert cmds[0].startswith(('wget', 'curl')) and '-O tinyshakespeare.txt' in cmds[0], cmds
+    if os.path.exists(SHAKESPEARE):
+        shutil.copy(SHAKESPEARE, tmp_path / 'tinyshakespeare.txt')
+    else:
+        (tmp_path / 'tinyshakespeare.txt').write_text('First Citizen:\nBefore we proceed any further, hear me speak.\n' * 3000)
+    assert [c.split()[1] for c in cmds[1:]] == ['prepare_owt.py', 'train.py', 'sample.py'], cmds
+    for cmd in cmds[1:]:
+        args = shlex.split(cmd) + (['--max_iters=2', '--eval_interval=2', '--eval_iters=1'] if 'train.py' in cmd else [])
+        out = subprocess.run([sys.executable, *args[1:]], cwd=tmp_path, capture_output=True, text=True,
+                             env=dict(os.environ, OMP_NUM_THREADS='2'))
+        assert out.returncode == 0, (cmd, out.stderr)
+    assert 'refined, changed tokens in [brackets]' in out.stdout and out.stdout.count('--- sample') == 2
 
 
 def test_prepare_roundtrips_gpt2_with_eot_between_documents(tmp_path):
@@ -298,8 +474,8 @@ def test_kv_cached_draft_equals_uncached(B):
     uncached = generate(model, [5], seeds=[1, 2, 3], stages=[(B, 1.0)], use_cache=False)
     assert torch.equal(cached['tokens'], uncached['tokens'])
     assert torch.allclose(cached['conf'], uncached['conf'], rtol=1e-10)
-    assert cached['stats'][0]['nfe'] == uncached['stats'][0]['nfe'] == 31  # one token per forward
-    assert cached['stats'][0]['token_forwards'] < uncached['stats'][0]['token_forwards'] or B == 32
+    assert (cached['stats'][0]['nfe'] == 31).all() and (uncached['stats'][0]['nfe'] == 31).all()  # one token per forward
+    assert (cached['stats'][0]['token_forwards'] < uncached['stats'][0]['token_forwards']).all() or B == 32
 
 
 def test_cached_block_logits_equal_training_noisy_half():
@@ -317,20 +493,25 @@ def test_cached_block_logits_equal_training_noisy_half():
         cache.advance(B)
 
 
+def counts(stats):
+    """Per-row forward counts as a list of dicts, one per sequence."""
+    return [{k: int(v[i]) for k, v in stats.items()} for i in range(len(stats['nfe']))]
+
+
 def test_draft_fills_everything_keeps_prompt_and_counts_forwards():
     model = tiny_model()
     prompt = [3, 7, 11, 2, 9, 1]  # reaches into the second block of 4
     out = generate(model, prompt, seeds=[0, 1], stages=[(4, 1.0)])
     assert not (out['tokens'] == 39).any()
     assert (out['tokens'][:, :6] == torch.tensor(prompt)).all()
-    assert out['stats'][0] == dict(nfe=32 - 6, cache_passes=32 // 4 - 1, token_forwards=(26 + 7) * 4)
+    assert counts(out['stats'][0]) == [dict(nfe=32 - 6, cache_passes=32 // 4 - 1, token_forwards=(26 + 7) * 4)] * 2
     # two steps per block of 8: block 0 has 2 masked (one each step), the others 8 (four each step)
     out = generate(model, prompt, seeds=[0, 1], stages=[(8, 1.0, 2)])
     assert not (out['tokens'] == 39).any()
-    assert out['stats'][0] == dict(nfe=4 * 2, cache_passes=3, token_forwards=(8 + 3) * 8)
+    assert counts(out['stats'][0]) == [dict(nfe=4 * 2, cache_passes=3, token_forwards=(8 + 3) * 8)] * 2
     # a global draft (B = L) runs the whole sequence each step, with no cache
     out = generate(model, prompt, seeds=[0], stages=[(32, 1.0, 5)])
-    assert not (out['tokens'] == 39).any() and out['stats'][0] == dict(nfe=5, cache_passes=0, token_forwards=5 * 32)
+    assert not (out['tokens'] == 39).any() and counts(out['stats'][0]) == [dict(nfe=5, cache_passes=0, token_forwards=5 * 32)]
 
 
 @pytest.mark.parametrize('remask', ['snapshot', 'posthoc', 'random'])
@@ -375,6 +556,188 @@ def test_snapshot_confidence_is_the_probability_at_commit():
     assert torch.allclose(out['conf'][:, 1:], F.softmax(p.log() / 0.5, -1)[out['tokens'][:, 1:]])
 
 
+def test_bd3lm_nucleus_rule_drops_the_crossing_token():
+    """top_p = 0.7 over p = (0.4, 0.25, 0.15, ...): the cumulative mass is 0.4, 0.65, 0.8. The textbook rule keeps
+    tokens until the mass reaches 0.7 ({0, 1, 2}); BD3-LM's keeps those whose cumulative mass is <= 0.7 ({0, 1});
+    with top_p below the first token's mass, BD3-LM's rule still keeps that one."""
+    model = tiny_model(V=8)
+    p = torch.tensor([0.4, 0.25, 0.15, 0.1, 0.05, 0.03, 0.02], dtype=torch.float64)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.bias[:7] = p.log()
+    seeds = list(range(8))
+    got = {rule: set(generate(model, [0], seeds, [(4, 1.0)], top_p=top, nucleus=rule)['tokens'][:, 1:].unique().tolist())
+           for rule, top in (('standard', 0.7), ('bd3lm', 0.7))}
+    assert got == {'standard': {0, 1, 2}, 'bd3lm': {0, 1}}
+    assert set(generate(model, [0], seeds, [(4, 1.0)], top_p=0.3, nucleus='bd3lm')['tokens'][:, 1:].unique().tolist()) == {0}
+
+
+def test_refine_forward_counts_are_per_row():
+    """A refine stage with blocks of 8: each row reveals its own remasked tokens one per forward, so its count is
+    its own number of remasked tokens (plus a cache write per block), not the batch's busiest row per block."""
+    model = tiny_model()
+    out = generate(model, [5], [4, 5, 6], stages=[(4, 1.0), (8, 0.5)])
+    r = math.floor(0.5 * 31)
+    assert counts(out['stats'][1]) == [dict(nfe=r, cache_passes=3, token_forwards=(r + 3) * 8)] * 3
+    per_block = out['remasked'][1].view(3, 4, 8).sum(-1)  # remasked tokens per (row, block)
+    assert per_block.max(0).values.sum() > r  # the batch-max count would have been larger
+
+
+def test_attention_has_no_probability_dropout(monkeypatch):
+    """BD3-LM drops out the residual branches only; SDPA must never get a dropout_p, even in training mode."""
+    seen = []
+    real = F.scaled_dot_product_attention
+    def spy(*args, **kw):
+        seen.append(kw.get('dropout_p', 0.0))
+        return real(*args, **kw)
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', spy)
+    model = DiD(DiDConfig(seq_len=16, vocab_size=40, n_layer=2, n_head=2, n_embd=16, dropout=0.3)).train()
+    x0 = torch.randint(0, 39, (2, 16))
+    x_t, t = add_noise(x0, 4, 39)
+    diffusion_loss(model, x0, x_t, t, 4).backward()
+    assert seen and all(d == 0.0 for d in seen)
+
+
+def test_clipped_schedule_search_finds_the_lowest_variance_interval():
+    """A synthetic loss whose per-block values spread least on [0.3, 0.8]: the search must pick exactly it."""
+    from did import clipped_schedule_search, search_intervals
+    cands = search_intervals()
+    assert len(cands) == 36 and (1e-3, 1.0) in cands and (0.3, 0.8) in cands and (0.45, 0.95) in cands
+    def block_losses(iv):  # two batches of two blocks each; sample variance 2 a^2 per batch
+        a = 0.1 + abs(iv[0] - 0.3) + abs(iv[1] - 0.8)
+        return [torch.tensor([[1 - a, 1 + a]], dtype=torch.float64), torch.tensor([[2 - a], [2 + a]], dtype=torch.float64)]
+    best, scores = clipped_schedule_search(block_losses, cands)
+    assert best == (0.3, 0.8) and abs(scores[best] - 2 * 2 * 0.1 ** 2) < 1e-12
+    assert min(v for k, v in scores.items() if k != best) > scores[best]
+
+
+def test_bos_position_is_never_masked_and_not_scored():
+    """BD3-LM's ignore_bos: position 0 stays clean and the validation NELBO averages over the other L - 1."""
+    from did import nelbo
+    model = tiny_model()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 39, (4, 32), generator=g)
+    x_t, t = add_noise(x0, 4, 39, 0.5, 1.0, resample=True, generator=g, keep_first=True)
+    assert (x_t[:, 0] == x0[:, 0]).all() and (x_t[:, 1:] == 39).any()
+    x_t, t = add_noise(x0, 4, 39, generator=torch.Generator().manual_seed(1337), keep_first=True)
+    expected = diffusion_loss(model, x0, x_t, t, 4).item() * 32 / 31
+    assert abs(nelbo(model, [x0], 4, seed=1337, bos=True) - expected) < 1e-12
+
+
+def reference_sample(model, prompt, seed, stages):
+    """Today's exact sampler written the slow, obvious way for one sequence: every step runs the whole prefix
+    (block-causal mask) or the whole sequence (global stage), reveals the still-masked position with the highest
+    position-uniform, and draws its token with the token-uniform: the per-row random stream of did.generate."""
+    from did import sample_tokens
+    L, mask_id = model.config.seq_len, model.config.mask_id
+    g = torch.Generator().manual_seed(seed)
+    x = torch.full((L,), mask_id, dtype=torch.long)
+    x[:len(prompt)] = torch.tensor(prompt)
+    conf = torch.ones(L, dtype=torch.float64)
+    for k, (bs, gamma) in enumerate(stages):
+        if k:  # snapshot remasking: the floor(gamma * n) lowest confidences, prompt excluded
+            score = conf.clone()
+            score[:len(prompt)] = float('inf')
+            x[score.argsort(stable=True)[:math.floor(gamma * (L - len(prompt)))]] = mask_id
+        for start in range(0, L, bs):
+            end = start + bs
+            while (x[start:end] == mask_id).any():
+                u = torch.rand(2, bs, generator=g)
+                still = x[start:end] == mask_id
+                j = torch.where(still, u[0], -1.0).argmax().item()
+                mask = block_causal_mask(L, bs)[:end, :end] if bs < L else None
+                h = model.hidden(x[None, :end], torch.arange(end), attn_mask=mask)[0, start + j]
+                tok, p = sample_tokens(model.logits(h[None]), u[1, j:j + 1])
+                x[start + j], conf[start + j] = tok.item(), p.item()
+    return x
+
+
+def test_exact_sampler_equals_the_slow_reference():
+    """One token per step, random order, refresh 1: token for token the sampler defined above, with the KV cache
+    and without, for drafts and refines with small and global blocks."""
+    model = tiny_model()
+    for stages in ([(4, 1.0)], [(4, 1.0), (32, 0.25)], [(8, 1.0), (4, 0.5)]):
+        ref = torch.stack([reference_sample(model, [5, 6], s, stages) for s in (3, 4)])
+        for use_cache in (True, False):
+            out = generate(model, [5, 6], [3, 4], stages, use_cache=use_cache)
+            assert torch.equal(out['tokens'], ref), (stages, use_cache)
+
+
+class KnownModel(torch.nn.Module):
+    """A stand-in whose output distribution at position t we choose: its 'hidden state' is the position and its
+    head reads a table (L, V) of log-probabilities. It records the tokens it is shown at every forward."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.config = DiDConfig(seq_len=table.size(0), vocab_size=table.size(1), n_layer=1, n_head=1, n_embd=2)
+        self.lm_head = torch.nn.Linear(1, table.size(1)).double()
+        self.table, self.seen = table, []
+
+    def hidden(self, idx, pos, attn_mask=None, is_causal=False, cache=None, n_out=None):
+        self.seen.append(idx.clone())
+        return pos.expand(idx.shape)[..., None].double()  # (B, T, 1)
+
+    def logits(self, h, weight_t=None):
+        out = self.table[h[..., 0].long()].clone()
+        out[..., self.config.mask_id:] = float('-inf')
+        return out
+
+
+def test_confidence_order_and_threshold_reveal_what_they_claim():
+    """Greedy draws (temperature 0) from known distributions: the probability of position t's draw is q[t]. The
+    k-most-confident rule must reveal the k highest q first; the threshold rule every q >= tau (at least one)."""
+    L, V = 16, 6
+    q = torch.tensor([1.0, .9, .32, .8, .33, .7, .95, .31, .6, .4, .85, .5, .34, .65, .55, .36], dtype=torch.float64)
+    table = ((1 - q[:, None]) / 4).clamp_min(1e-12).log().expand(L, V).clone()  # tokens 1..4: (1 - q) / 4 each
+    table[:, 0] = q.log()  # token 0, the most likely, with probability q[t]
+    model = KnownModel(table)
+    out = generate(model, [2], [0], [(16, 1.0, dict(order='confidence', steps=3))], temperature=0)
+    firsts = [(~(a == 5)) & (b == 5) for a, b in zip(model.seen[1:], model.seen)]  # revealed between forwards
+    order = q[1:].argsort(descending=True) + 1  # the 15 generated positions, most confident first
+    assert torch.equal(firsts[0][0].nonzero().flatten().sort().values, order[:5].sort().values)  # 15 over 3 steps
+    assert torch.equal(firsts[1][0].nonzero().flatten().sort().values, order[5:10].sort().values)
+    assert torch.allclose(out['conf'][0, 1:], q[1:]) and (out['tokens'][0, 1:] == 0).all()
+    model.seen = []
+    out = generate(model, [2], [0], [(16, 1.0, dict(threshold=0.69))], temperature=0)
+    step1 = (model.seen[1][0] != 5) & (model.seen[0][0] == 5)
+    assert torch.equal(step1.nonzero().flatten(), (q >= 0.69).nonzero().flatten()[1:])  # all >= 0.69, prompt aside
+    assert len(model.seen) == 1 + (q[1:] < 0.69).sum()  # then one per forward: nothing else reaches 0.69
+    assert counts(out['stats'][0]) == [dict(nfe=len(model.seen), cache_passes=0, token_forwards=16 * len(model.seen))]
+
+
+@pytest.mark.parametrize('opts', [dict(order='confidence'), dict(order='confidence', steps=2), dict(threshold=0.2),
+                                  dict(refresh=3), dict(refresh=100, steps=4), dict(threshold=0.2, refresh=2)])
+def test_every_schedule_fills_everything_keeps_the_prompt_and_counts_per_row(opts):
+    model = tiny_model()
+    prompt = [3, 7, 11]
+    out = generate(model, prompt, [0, 1, 2], [(4, 1.0, opts), (32, 0.5, opts)])
+    assert not (out['tokens'] == 39).any() and (out['tokens'][:, :3] == torch.tensor(prompt)).all()
+    assert torch.equal(out['history'][0][:, :3], out['tokens'][:, :3])
+    r = math.floor(0.5 * 29)
+    for k, st in enumerate(out['stats']):
+        n = st['nfe']
+        assert ((1 <= n) & (n <= (29 if k == 0 else r))).all()  # at least one forward, at most one per token
+        if opts.get('steps'):  # a step that has nothing to reveal for a row is no forward of that row
+            assert (n == (1 + 7 * min(opts['steps'], 4) if k == 0 else opts['steps'])).all()
+        if k and 'refresh' in opts:  # refreshes run all 32 positions, the other steps only the r remasked ones
+            full = (n + opts['refresh'] - 1) // opts['refresh']
+            assert torch.equal(st['token_forwards'], full * 32 + (n - full) * r)
+
+
+def test_refine_cache_partial_forward_equals_the_full_one_when_nothing_changed():
+    """Right after a full forward, a forward over some positions alone, against the cached keys and values of
+    the rest, gives those positions exactly what the full forward gave them (rotary positions per row)."""
+    from did import RefineCache
+    model = tiny_model()
+    x = torch.randint(0, 40, (3, 32))
+    cache = RefineCache(model.config.n_layer, 32)
+    full = model.hidden(x, torch.arange(32), cache=cache)
+    idx = torch.stack([torch.randperm(32)[:9].sort().values for _ in range(3)])  # (3, 9), different per row
+    cache.idx = idx
+    part = model.hidden(x.gather(1, idx), idx, cache=cache)
+    assert torch.allclose(part, full.gather(1, idx[..., None].expand(-1, -1, full.size(-1))), rtol=1e-10, atol=1e-12)
+
+
 def test_sampling_is_seeded_and_batch_invariant():
     model = tiny_model()
     stages = [(4, 1.0), (32, 0.5)]
@@ -412,7 +775,8 @@ def test_sample_py_end_to_end(tiny_run):
         assert len(r['tokens']) == 64 and max(r['tokens']) < meta['vocab_size']  # no MASK (id vocab_size)
         assert r['text'].startswith('<|endoftext|>ROMEO:') and len(r['remasked'][0]) == math.floor(0.25 * (64 - 7))
         assert set(r['changed']) <= set(r['remasked'][0]) and len(r['conf']) == 64
-    assert '\033[33m' in out.stdout and 'generated tokens/s' in out.stdout
+    assert 'remasked tokens in {braces}' in out.stdout and '\033[' not in out.stdout  # not a terminal: no colours
+    assert re.search(r'\{.\}', out.stdout) and 'generated tokens/s' in out.stdout
     bad = subprocess.run(cmd[:-3] + ['--stages=5:1.0'], cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode != 0 and 'does not divide' in bad.stderr and 'Traceback' not in bad.stderr
 
@@ -450,6 +814,55 @@ def test_gen_ppl_matches_hand_computation():
     assert abs(weighted - math.exp((nll_full + n2) / 7)) < 1e-9
     # unigram entropy in nats
     assert abs(unigram_entropy([1, 1, 2, 3]) - -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))) < 1e-12
+
+
+def test_gen_ppl_skips_samples_with_nothing_to_score():
+    """A sample whose every target is EOS has no perplexity: BD3-LM's NaN-skipping mean leaves it out (it would
+    otherwise enter as 1.0); the clean-up of Hugging Face's batch_decode is applied as transformers 4.38 did."""
+    from did import clean_up_tokenization, gen_ppl
+    V, eos = 6, 5
+    logits_fn = lambda ids: torch.zeros(len(ids), V, dtype=torch.float64)  # noqa: E731  uniform: PPL 6
+    mean, std, weighted, per = gen_ppl(logits_fn, [[eos, 1, 2], [eos, eos, eos], [eos, 3, 4, 1]], eos, ctx_len=64)
+    assert abs(mean - 6.0) < 1e-9 and std < 1e-9 and abs(weighted - 6.0) < 1e-9 and math.isnan(per[1])
+    text = "He said ' hi ' , and they 're here . Is n't it ? I 'm sure it 's ok , we 've won !"
+    # in order: " ," goes before " ' " is looked for, so the second quote keeps its space
+    assert clean_up_tokenization(text) == "He said'hi ', and they're here. Isn't it? I'm sure it's ok, we've won!"
+    transformers = pytest.importorskip('transformers')  # the same rules as Hugging Face's (static in 4.38, a method in 5)
+    assert clean_up_tokenization(text) == transformers.PreTrainedTokenizerBase.clean_up_tokenization(None, text)
+
+
+def test_gpt2_judge_path_end_to_end_with_a_tiny_local_gpt2(tiny_run):
+    """The paper's judge is gpt2-large through transformers; with no network, a tiny random GPT-2 saved to a
+    local folder (the real GPT-2 tokenizer, from ../shared) exercises all of that path but the download."""
+    transformers = pytest.importorskip('transformers')
+    bpe = os.path.join(SHARED, 'gpt2_bpe')
+    if not os.path.exists(os.path.join(bpe, 'encoder.json')):
+        pytest.skip('no GPT-2 BPE files in ../shared')
+    tmp_path = tiny_run[0]
+    from tokenizers import ByteLevelBPETokenizer  # GPT-2's byte-level BPE from its two files
+    bpe_tok = ByteLevelBPETokenizer(os.path.join(bpe, 'encoder.json'), os.path.join(bpe, 'vocab.bpe'))
+    bpe_tok.add_special_tokens(['<|endoftext|>'])
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe_tok._tokenizer, eos_token='<|endoftext|>')
+    torch.manual_seed(0)
+    gpt = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32))
+    tok.save_pretrained(tmp_path / 'tinygpt2')
+    gpt.save_pretrained(tmp_path / 'tinygpt2')
+    cmd = [sys.executable, os.path.join(ROOT, 'sample.py'), '--out_dir=a', '--num_samples=2', '--batch_size=2',
+           '--stages=4:1.0', '--eval', '--judge=tinygpt2']
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE='1'))
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row['scored'] == 2 and 1 < row['gen_ppl'] < 50257 * 10 and row['entropy'] > 0
+    # the same numbers by hand: decode, clean up, re-encode, truncate to L = 64 tokens, score with a window of 32
+    from did import Judge, clean_up_tokenization, sample_nll
+    jd = Judge(str(tmp_path / 'tinygpt2'))
+    assert jd.hf and jd.ctx_len == 32
+    (mean, *_), _ = jd.score(["<|endoftext|>Hello , world . It 's me", "<|endoftext|>" + "a b " * 60], 64)
+    ids = [tok(clean_up_tokenization(t), add_special_tokens=False)['input_ids'][:64]
+           for t in ["<|endoftext|>Hello , world . It 's me", "<|endoftext|>" + "a b " * 60]]
+    assert ids[0][0] == 50256 and len(ids[1]) == 64
+    per = [math.exp(n / c) for n, c in (sample_nll(jd.logits, torch.tensor(i), 50256, 32) for i in ids)]
+    assert abs(mean - sum(per) / 2) < 1e-6 * mean
 
 
 def test_sample_eval_with_our_own_ar_judge(tiny_run):
@@ -578,13 +991,52 @@ def test_flex_attention_matches_dense_mask():
 
 
 def test_train_py_fine_tunes_a_local_bd3lm_checkpoint(tiny_run):
+    """The searched interval of a BD3-LM checkpoint is carried over only to the block size it was found for, and
+    float32's 1e-3 (0.0010000000474974513) is the unclipped bound, not a clipped one."""
     tmp_path = tiny_run[0]
     V = json.load(open(tmp_path / 'data' / 'tiny' / 'meta.json'))['vocab_size'] + 1
-    os.makedirs(tmp_path / 'bd3', exist_ok=True)
-    torch.save(bd3lm_state_dict(V=V), tmp_path / 'bd3' / 'pytorch_model.bin')
-    losses, log = train(tmp_path, '--max_iters=2', '--eval_interval=2', '--out_dir=ft', '--init_from=bd3lm:bd3')
-    assert 'loaded bd3lm:bd3' in log and "'n_embd': 128" in log and "noise interval (0.5, 1.0)" in log
+    for name, eps, block in (('bd3', (0.5, 1.0), 64), ('bd3u', (1e-3, 1.0), 4)):
+        os.makedirs(tmp_path / name, exist_ok=True)
+        sd = bd3lm_state_dict(V=V)
+        sd['backbone.sampling_eps_min'], sd['backbone.sampling_eps_max'] = torch.tensor(eps, dtype=torch.float32)
+        torch.save(sd, tmp_path / name / 'pytorch_model.bin')
+        (tmp_path / name / 'config.json').write_text(json.dumps({'n_heads': 2, 'block_size': block}))
+    losses, log = train(tmp_path, '--max_iters=2', '--eval_interval=2', '--out_dir=ft', '--init_from=bd3lm:bd3',
+                        '--noise_clip={}')
+    assert 'loaded bd3lm:bd3' in log and "'n_embd': 128" in log and "searched noise interval {64: (0.5, 1.0)}" in log
     assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
+    assert torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=False)['intervals'] == {64: (0.5, 1.0)}  # not on 4
+    train(tmp_path, '--max_iters=1', '--eval_interval=1', '--out_dir=ftu', '--init_from=bd3lm:bd3u', '--noise_clip={}')
+    assert torch.load(tmp_path / 'ftu' / 'ckpt.pt', weights_only=False)['intervals'] == {}
+
+
+def test_bd3lm_head_count_comes_from_its_config(tmp_path):
+    """BD3-LM's tiny model is 256 wide with 8 heads (head dim 32): the head count is read, not assumed 64 wide."""
+    from did import load_bd3lm
+    sd = bd3lm_state_dict(C=128)
+    torch.save(sd, tmp_path / 'pytorch_model.bin')
+    (tmp_path / 'config.json').write_text(json.dumps({'n_heads': 8, 'block_size': 4}))
+    model, found = load_bd3lm(str(tmp_path), seq_len=16)
+    model = model.double().eval()
+    assert model.config.n_head == 8 and found == {4: (0.5, 1.0)}
+    idx = torch.randint(0, 50, (2, 16))
+    ours = model.lm_head(model.hidden(idx, torch.arange(16)))[..., :50]
+    assert torch.allclose(ours, bd3lm_reference_logits(sd, idx, n_head=8), rtol=1e-5, atol=1e-5)
+
+
+def test_flops_count_the_flex_tiles_that_run():
+    """FlexAttention computes only the tiles of the 2L mask that are not fully masked: counted from the dense
+    mask by hand, tile by tile, and carried into the FLOP estimate."""
+    from did import flex_block_mask, live_fraction
+    for L, B in ((256, 4), (256, 128), (512, 16)):
+        dense = block_diff_mask(L, B)  # (2L, 2L)
+        tiles = dense.view(2 * L // 128, 128, 2 * L // 128, 128).any(3).any(1)  # a tile runs if any score is live
+        frac = live_fraction(flex_block_mask(L, B, 'cpu'))
+        assert frac == tiles.float().mean().item() < 1
+    assert abs(live_fraction(flex_block_mask(1024, 4, 'cpu')) - 0.3125) < 1e-9  # about 31% at the paper's shape
+    model = tiny_model(L=32)
+    attn = 12 * 2 * 16 * 64 * 64 * 3
+    assert model.estimate_flops(3, 4, 10) - model.estimate_flops(3, 4, 10, attn_frac=0.25) == 0.75 * attn
 
 
 def test_estimate_flops_counts_the_2l_input():

@@ -6,9 +6,12 @@ $ python train.py config/train_did_owt.py
 $ python train.py config/train_shakespeare_char.py            # minutes on a laptop CPU
 On 8 GPUs of one node with DDP:
 $ torchrun --standalone --nproc_per_node=8 train.py config/train_did_owt.py
-Resume exactly where a run stopped, or only evaluate its checkpoint at any block size:
-$ python train.py config/train_did_owt.py --init_from=resume
-$ python train.py config/train_did_owt.py --init_from=resume --eval_only=True --eval_block_sizes="[4, 16, 1024]"
+Resume exactly where a run stopped (its saved config is the default; Ctrl-C saves and stops), or only
+evaluate its checkpoint at any block size:
+$ python train.py --out_dir=out-did-owt --init_from=resume
+$ python train.py --out_dir=out-did-owt --init_from=resume --eval_only=True --eval_block_sizes="[4, 16, 1024]"
+Fine-tune another run's model (its weights and EMA, a fresh optimizer, iterations from 0, a new out_dir):
+$ python train.py config/train_shakespeare_char.py --init_from=run:out-pretrain --out_dir=out-finetune
 """
 
 import contextlib
@@ -16,6 +19,7 @@ import copy
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -24,7 +28,8 @@ import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from did import DiD, DiDConfig, add_noise, configure, load_bd3lm, nelbo
+from did import (DiD, DiDConfig, add_noise, check_device, clipped_schedule_search, configure, diffusion_loss,
+                 flex_block_mask, live_fraction, load_bd3lm, load_checkpoint, nelbo, search_intervals)
 
 # -----------------------------------------------------------------------------
 # default config values: the paper's OWT shape (BD3-LM small, L=1024, mix-scale 4/1024)
@@ -33,13 +38,16 @@ out_dir = 'out'                 # checkpoints go to out_dir/ckpt.pt
 eval_interval = 1000            # evaluate and checkpoint every this many iterations
 log_interval = 10               # print training stats every this many iterations
 eval_iters = 20                 # fixed, seeded batches per split for the NELBO estimate
-eval_only = False               # evaluate the checkpoint (init_from='resume') and exit
-init_from = 'scratch'           # 'scratch', 'resume' (out_dir/ckpt.pt) or 'bd3lm:kuleshov-group/bd3lm-owt-block_size4' (or a local dir)
+eval_only = False               # evaluate the model given by init_from and exit
+init_from = 'scratch'           # 'scratch', 'resume' (out_dir/ckpt.pt), 'run:OTHER_OUT_DIR' (fine-tune another run) or 'bd3lm:kuleshov-group/bd3lm-owt-block_size1024-pretrain' (or a local dir)
+overwrite = False               # allow a run from scratch (or a fine-tune) to replace an existing out_dir/ckpt.pt
 wandb_log = False               # log to Weights & Biases (optional package)
 wandb_project = 'did'
 wandb_run_name = 'did'
 # data
 dataset = 'openwebtext'         # reads data/<dataset>/train.bin and val.bin (uint16), written by prepare_owt.py
+tokenizer = ''                  # '', 'gpt2' or 'char': the tokenizer the config expects (checked against data/<dataset>/meta.json; '' takes the data's)
+bos = True                      # every sequence starts with <|endoftext|> at position 0, never masked or scored (BD3-LM's ignore_bos; sampling starts from it)
 total_batch_size = 512 * 1024   # tokens per optimizer step; gradient accumulation is derived from it
 batch_size = 16                 # sequences per micro-step per process
 # model
@@ -47,12 +55,13 @@ seq_len = 1024                  # L
 n_layer = 12
 n_head = 12
 n_embd = 768
-dropout = 0.0
+dropout = 0.0                   # residual dropout (BD3-LM: 0.1)
 vocab_size = None               # None: data/<dataset>/meta.json's vocab size + 1 (MASK), else GPT-2's 50258
 # diffusion
 causal = False                  # True: train a causal next-token model (AR baseline, or a Gen PPL judge)
-block_mix = {4: 0.9, 1024: 0.1}  # mix-scale training (paper §2.5): block size -> probability, one draw per micro-step
+block_mix = {4: 0.9, 1024: 0.1}  # DiD's mix-scale training: block size -> probability, one draw per micro-step
 noise_clip = {4: (0.5, 1.0)}    # clipped t interval per block size (BD3-LM's schedule for B=4); others: (1e-3, 1)
+noise_search = False            # BD3-LM's clipped-schedule search: at each evaluation, set each small block size's interval to the candidate with the lowest loss variance
 resample = True                 # redraw blocks whose realized masked fraction leaves the clipped interval
 eval_block_sizes = [4, 1024]    # report the validation NELBO at these block sizes (0 = AR loss)
 # optimizer (BD3-LM: AdamW lr 3e-4, betas (0.9, 0.999), no weight decay, warmup then constant)
@@ -69,14 +78,62 @@ device = 'cuda' if torch.cuda.is_available() else 'cpu'  # 'cpu', 'cuda', 'cuda:
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'  # or 'float16'
 compile = torch.cuda.is_available()  # torch.compile the model (PyTorch 2.0+)
 flex = torch.cuda.is_available()  # FlexAttention for the 2L block-diffusion mask (CUDA); dense SDPA otherwise
+peak_flops = 0.0                # one device's peak FLOP/s for MFU; 0: looked up from the GPU's name (bf16 dense)
 seed = 1337
 # -----------------------------------------------------------------------------
 config_keys = configure(globals(), sys.argv[1:])  # apply config/*.py files, then --key=value overrides
-config = {k: globals()[k] for k in config_keys}  # logged and saved in the checkpoint
-# -----------------------------------------------------------------------------
+RUN_KEYS = ('out_dir', 'init_from', 'eval_only', 'overwrite', 'device', 'dtype', 'compile', 'flex', 'peak_flops')
+
 
 def fail(msg):
     sys.exit(f"error: {msg}")
+
+
+# resume: the checkpoint's config is the default, this command line's config files and --key=value win
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+checkpoint = None
+if init_from == 'resume':
+    checkpoint = load_checkpoint(ckpt_path)
+    saved = {'bos': False, **checkpoint['config']}  # checkpoints from before `bos` trained without it
+    globals().update({k: v for k, v in saved.items() if k in config_keys and k not in RUN_KEYS})
+    configure(globals(), sys.argv[1:], quiet=True)
+config = {k: globals()[k] for k in config_keys}  # logged and saved in the checkpoint
+
+# check the whole config before any expensive work, one clear line per mistake
+def check(ok, msg):
+    if not ok:
+        fail(msg)
+
+for k in ('batch_size', 'total_batch_size', 'seq_len', 'n_layer', 'n_head', 'n_embd', 'eval_interval', 'log_interval', 'eval_iters'):
+    check(globals()[k] > 0, f"--{k}={globals()[k]} must be a positive integer")
+for k in ('max_iters', 'warmup_iters', 'grad_clip', 'weight_decay', 'peak_flops'):
+    check(globals()[k] >= 0, f"--{k}={globals()[k]} must not be negative")
+check(learning_rate > 0, f"--learning_rate={learning_rate} must be positive")
+check(0 <= dropout < 1 and 0 <= ema_decay < 1 and 0 <= beta1 < 1 and 0 <= beta2 < 1,
+      "dropout, ema_decay, beta1 and beta2 must lie in [0, 1)")
+check(n_embd % n_head == 0 and (n_embd // n_head) % 2 == 0,
+      f"n_embd={n_embd} must split into n_head={n_head} heads of an even size (rotary embeddings)")
+check_device(device, dtype)
+check(init_from in ('scratch', 'resume') or init_from.startswith(('bd3lm:', 'run:')),
+      f"unknown --init_from={init_from!r}: use scratch, resume, run:OUT_DIR or bd3lm:REPO_OR_DIR")
+check(not eval_only or init_from != 'scratch',
+      "--eval_only=True evaluates a trained model: add --init_from=resume (or run:OUT_DIR, bd3lm:REPO)")
+if not causal:
+    check(isinstance(block_mix, dict) and block_mix and all(isinstance(p, (int, float)) and p >= 0 for p in block_mix.values()),
+          f"--block_mix={block_mix!r} must map block sizes to probabilities >= 0, e.g. {{4: 0.9, {seq_len}: 0.1}}")
+    check(abs(sum(block_mix.values()) - 1.0) < 1e-6, f"block_mix probabilities sum to {sum(block_mix.values())}, not 1: fix --block_mix")
+    check(isinstance(eval_block_sizes, (list, tuple)) and eval_block_sizes, "--eval_block_sizes must be a list, e.g. [4, 1024]")
+    for bs in list(block_mix) + list(eval_block_sizes):
+        check(isinstance(bs, int) and 0 < bs <= seq_len and seq_len % bs == 0,
+              f"block size {bs} does not divide seq_len={seq_len}: use a divisor of {seq_len} in block_mix/eval_block_sizes")
+    check(isinstance(noise_clip, dict), f"--noise_clip={noise_clip!r} must map block sizes to (eps_min, eps_max)")
+    for bs, iv in noise_clip.items():
+        check(isinstance(iv, (tuple, list)) and len(iv) == 2 and 0 < iv[0] < iv[1] <= 1,
+              f"noise_clip[{bs}]={iv!r} must be an interval (eps_min, eps_max) with 0 < eps_min < eps_max <= 1")
+        try:  # resampling needs a realizable masked fraction j / bs in the interval
+            add_noise(torch.zeros(1, bs, dtype=torch.long), bs, 1, *iv, resample=resample)
+        except ValueError as e:
+            fail(str(e))
 
 # DDP: on when torchrun sets RANK
 ddp = int(os.environ.get('RANK', -1)) != -1
@@ -89,26 +146,49 @@ if ddp:
 else:
     ddp_rank, world = 0, 1
 master_process = ddp_rank == 0
-
-# check the config once, with one clear line per mistake
-data_dir = os.path.join('data', dataset)
-for split in ('train', 'val'):
-    if not os.path.exists(os.path.join(data_dir, f'{split}.bin')):
-        fail(f"{data_dir}/{split}.bin not found: run `python prepare_owt.py` for OpenWebText, or "
-             f"`python prepare_owt.py --input=FILE --out_dir={data_dir}` for your own text")
-if not causal:
-    if abs(sum(block_mix.values()) - 1.0) > 1e-6:
-        fail(f"block_mix probabilities sum to {sum(block_mix.values())}, not 1: fix --block_mix")
-    for bs in list(block_mix) + [b for b in eval_block_sizes if b]:
-        if bs <= 0 or seq_len % bs:
-            fail(f"block size {bs} does not divide seq_len={seq_len}: use a divisor of {seq_len} in block_mix/eval_block_sizes")
 tokens_per_micro = batch_size * seq_len * world
-if total_batch_size % tokens_per_micro:
-    fail(f"total_batch_size={total_batch_size} is not a multiple of batch_size*seq_len*world_size={tokens_per_micro}")
+check(total_batch_size % tokens_per_micro == 0,
+      f"total_batch_size={total_batch_size} is not a multiple of batch_size*seq_len*world_size={tokens_per_micro}")
 grad_accum = total_batch_size // tokens_per_micro
-if master_process:
-    print(f"tokens per iteration: {total_batch_size:,} ({world} processes x {grad_accum} micro-steps x {batch_size} x {seq_len})")
-    os.makedirs(out_dir, exist_ok=True)
+
+# the data: present, prepared with the expected tokenizer, longer than a sequence
+data_dir = os.path.join('data', dataset)
+hint = f"`python prepare_owt.py --input=FILE{' --tokenizer=char' if tokenizer == 'char' else ''} --out_dir={data_dir}`"
+if dataset == 'openwebtext':
+    hint = f"`python prepare_owt.py` (OpenWebText), or {hint} for your own text"
+for split in ('train', 'val'):
+    check(os.path.exists(os.path.join(data_dir, f'{split}.bin')), f"{data_dir}/{split}.bin not found: run {hint}")
+meta_path = os.path.join(data_dir, 'meta.json')
+meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eot': 50256}
+check(meta['tokenizer'] == (tokenizer or meta['tokenizer']), f"{data_dir} holds {meta['tokenizer']} tokens but this config expects "
+      f"{tokenizer}: prepare it with {hint}, or pass --tokenizer={meta['tokenizer']}")
+for split in ('train', 'val'):
+    n = os.path.getsize(os.path.join(data_dir, f'{split}.bin')) // 2
+    check(n > seq_len, f"{data_dir}/{split}.bin has {n} tokens, fewer than one sequence of seq_len={seq_len}: "
+          f"use more text or a smaller --seq_len")
+if vocab_size is None:
+    vocab_size = meta['vocab_size'] + 1  # + MASK
+
+# the output folder: writable, and no trained model in it is replaced unless asked
+source = None
+if init_from.startswith('run:'):
+    src_path = init_from[4:] if init_from.endswith('.pt') else os.path.join(init_from[4:], 'ckpt.pt')
+    check(os.path.abspath(src_path) != os.path.abspath(ckpt_path),
+          f"--init_from={init_from} is this run's own out_dir: fine-tune into a new --out_dir (or --init_from=resume)")
+    source = load_checkpoint(src_path)  # the run a fine-tune starts from
+if not eval_only:
+    check(not os.path.exists(out_dir) or os.path.isdir(out_dir), f"--out_dir={out_dir} is a file: pick a folder name")
+    check(init_from == 'resume' or overwrite or not os.path.exists(ckpt_path),
+          f"{ckpt_path} already holds a trained model: continue it with --init_from=resume, pick a new --out_dir, "
+          f"or pass --overwrite=True to replace it")
+    if master_process:
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+            probe = os.path.join(out_dir, f'.write_test_{os.getpid()}')
+            open(probe, 'w').close()
+            os.remove(probe)
+        except OSError as e:
+            fail(f"cannot write to --out_dir={out_dir} ({e.strerror}): pick a folder you can write to")
 
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
@@ -117,15 +197,12 @@ ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torc
 ctx = contextlib.nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
 
 # the poor man's data loader; recreate the memmap every batch to avoid a memory leak (nanoGPT)
-meta_path = os.path.join(data_dir, 'meta.json')
-meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eot': 50256}
-if vocab_size is None:
-    vocab_size = meta['vocab_size'] + 1  # + MASK
-
 def get_batch(split, gen, n):
     data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
-    ix = torch.randint(len(data) - seq_len, (n,), generator=gen)
-    return torch.stack([torch.from_numpy(data[i:i + seq_len].astype(np.int64)) for i in ix])
+    k = seq_len - bos  # with bos: L - 1 tokens of text after the <|endoftext|> at position 0
+    ix = torch.randint(len(data) - k, (n,), generator=gen)
+    x = torch.stack([torch.from_numpy(data[i:i + k].astype(np.int64)) for i in ix])
+    return torch.cat([torch.full((n, 1), meta['eot']), x], dim=1) if bos else x
 
 def micro_batch(it, gidx):
     """Data, block size and noise of global micro-batch gidx of iteration it, drawn from a generator seeded by
@@ -136,8 +213,7 @@ def micro_batch(it, gidx):
         return x0, None, None, seq_len
     sizes = list(block_mix)
     bs = sizes[torch.multinomial(torch.tensor([block_mix[b] for b in sizes], dtype=torch.float), 1, generator=gen).item()]
-    eps_min, eps_max = noise_clip.get(bs, (1e-3, 1.0))
-    x_t, t = add_noise(x0, bs, vocab_size - 1, eps_min, eps_max, resample, generator=gen)
+    x_t, t = add_noise(x0, bs, vocab_size - 1, *intervals.get(bs, (1e-3, 1.0)), resample, generator=gen, keep_first=bos)
     return x0, x_t, t, bs
 
 def to_device(*xs):
@@ -145,54 +221,58 @@ def to_device(*xs):
         return [x.pin_memory().to(device, non_blocking=True) if torch.is_tensor(x) else x for x in xs]
     return [x.to(device) if torch.is_tensor(x) else x for x in xs]
 
-# model, EMA and optimizer: from scratch or from out_dir/ckpt.pt
+# model, EMA and optimizer: from scratch, from out_dir/ckpt.pt, from another run, or from a BD3-LM checkpoint
 model_args = dict(seq_len=seq_len, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout)
-ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-iter_num, best_val_loss = 0, 1e9
-checkpoint = None
+intervals = dict(noise_clip)  # the noise interval of each block size; the search (noise_search) updates it
+iter_num, best_val_loss, saved_iter = 0, 1e9, None
 if init_from == 'resume':
-    if not os.path.exists(ckpt_path):
-        fail(f"--init_from=resume but {ckpt_path} does not exist: train first, or point --out_dir at the run")
-    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=False)
+    iter_num, best_val_loss, saved_iter = checkpoint['iter_num'], checkpoint['best_val_loss'], checkpoint['iter_num']
+    intervals = checkpoint.get('intervals', intervals)
+elif init_from.startswith('run:'):
+    check(source['config'].get('causal', False) == causal, f"{src_path} was trained with causal={source['config'].get('causal')}")
+    check(source.get('meta', meta) == meta, f"{src_path} was trained on other tokens than {data_dir}: fine-tune on data "
+          f"prepared with the same tokenizer and vocabulary")
+    model_args = {**source['model_args'], 'dropout': dropout}  # the source's shape wins over the config's
+    carried = {b: iv for b, iv in source.get('intervals', {}).items() if b in block_mix and source['config'].get('noise_search')}
+    intervals.update(carried)  # intervals the source's search found, for the block sizes trained here
+if checkpoint is not None:
     for k, v in model_args.items():
-        if k != 'dropout' and checkpoint['model_args'][k] != v:
-            fail(f"{ckpt_path} has {k}={checkpoint['model_args'][k]} but this run asks for {k}={v}: "
-                 f"use the checkpoint's config, or a new --out_dir")
-    if checkpoint['config'].get('causal', False) != causal:
-        fail(f"{ckpt_path} was trained with causal={checkpoint['config'].get('causal')}: pass --causal={checkpoint['config'].get('causal')}")
-    iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
-elif init_from != 'scratch' and not init_from.startswith('bd3lm:'):
-    fail(f"unknown --init_from={init_from!r}: use 'scratch', 'resume' or 'bd3lm:REPO_OR_DIR'")
+        check(k == 'dropout' or checkpoint['model_args'][k] == v, f"{ckpt_path} has {k}={checkpoint['model_args'][k]} "
+              f"but this run asks for {k}={v}: drop that override, or use a new --out_dir")
+    check(checkpoint['config'].get('causal', False) == causal, f"{ckpt_path} was trained with causal={checkpoint['config'].get('causal')}")
 torch.manual_seed(seed)  # the initial weights (dropout reseeds itself every step, below)
 if init_from.startswith('bd3lm:'):  # fine-tune a public BD3-LM checkpoint (its shape wins over the config's)
-    model, eps = load_bd3lm(init_from.split(':', 1)[1], seq_len, dropout)
+    model, found = load_bd3lm(init_from.split(':', 1)[1], seq_len, dropout)
     model_args = {k: getattr(model.config, k) for k in model_args}
-    small = min(block_mix)
-    if eps != (1e-3, 1.0) and small < seq_len and small not in noise_clip:
-        noise_clip[small] = eps  # carry over the checkpoint's clipped noise interval for the small block
+    intervals.update({b: iv for b, iv in found.items() if b in block_mix})  # only for the block size it was found for
     if master_process:
-        print(f"loaded {init_from}: {model_args}, noise interval {eps}")
+        print(f"loaded {init_from}: {model_args}, searched noise interval {found or 'none'}")
 else:
     model = DiD(DiDConfig(**model_args))
-if model_args['vocab_size'] < meta['vocab_size'] + 1:
-    fail(f"the model has {model_args['vocab_size']} ids but data/{dataset} uses {meta['vocab_size']} tokens + MASK: "
-         f"prepare the data with the model's tokenizer, or set --vocab_size={meta['vocab_size'] + 1}")
-if checkpoint is not None:
-    model.load_state_dict(checkpoint['model'])
+check(model_args['vocab_size'] >= meta['vocab_size'] + 1, f"the model has {model_args['vocab_size']} ids but "
+      f"{data_dir} uses {meta['vocab_size']} tokens + MASK: prepare the data with the model's tokenizer")
+for ck in (checkpoint, source):
+    if ck is not None:
+        model.load_state_dict(ck['model'])
 model.to(device)
 model.flex = flex and device_type == 'cuda'
 ema_model = copy.deepcopy(model).eval().requires_grad_(False)
-if checkpoint is not None:
-    ema_model.load_state_dict(checkpoint['ema'])
+for ck in (checkpoint, source):
+    if ck is not None:
+        ema_model.load_state_dict(ck['ema'])
 if master_process:
-    print(f"model: {model.get_num_params() / 1e6:.2f}M parameters, vocab {vocab_size} (MASK = {vocab_size - 1})")
+    print(f"tokens per iteration: {total_batch_size:,} ({world} processes x {grad_accum} micro-steps x {batch_size} x {seq_len})")
+    print(f"model: {model.get_num_params() / 1e6:.2f}M parameters, vocab {model_args['vocab_size']} (MASK = {model_args['vocab_size'] - 1})")
+    if source is not None:
+        print(f"fine-tuning {src_path} (iteration {source['iter_num']}): its weights and EMA, a fresh optimizer"
+              + (f", its searched noise intervals {carried}" if carried else ""))
 
-scaler = torch.amp.GradScaler(enabled=(dtype == 'float16'))
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16' and device_type == 'cuda'))
 optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(beta1, beta2), eps=1e-8,
                               weight_decay=weight_decay, fused=(device_type == 'cuda'))
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
-checkpoint = None  # free memory
+checkpoint = source = None  # free memory
 
 raw_model = model
 if compile:
@@ -201,29 +281,64 @@ if compile:
 if ddp:
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
 
+def val_batches(split):
+    gen = torch.Generator().manual_seed(1234)
+    return [get_batch(split, gen, batch_size).to(device) for _ in range(eval_iters)]
+
 def evaluate():
     """Validation (and train) NELBO of the EMA weights at each eval block size, on fixed seeded batches."""
     out = {}
     for split in ('train', 'val'):
-        gen = torch.Generator().manual_seed(1234)
-        batches = [get_batch(split, gen, batch_size).to(device) for _ in range(eval_iters)]
+        batches = val_batches(split)
         for bs in ([0] if causal else eval_block_sizes):
-            out[f'{split}/nelbo_B{bs}'] = nelbo(ema_model, batches, bs, ctx=ctx)
+            out[f'{split}/nelbo_B{bs}'] = nelbo(ema_model, batches, bs, ctx=ctx, bos=bos)
     return out
+
+@torch.no_grad()
+def search_noise():
+    """BD3-LM's var_min search for every small block size, on the validation batches (EMA weights). The global
+    block keeps [1e-3, 1]: the refine stage asks it to denoise any masked fraction gamma, and a clipped interval
+    (chosen for low variance, not for that) would leave some of them untrained."""
+    batches = val_batches('val')
+    for bs in [b for b in block_mix if b < seq_len]:
+        def block_losses(iv):
+            out = []
+            for i, x0 in enumerate(batches):
+                g = torch.Generator(device=x0.device).manual_seed(7 + i)
+                x_t, t = add_noise(x0, bs, vocab_size - 1, *iv, resample, generator=g, keep_first=bos)
+                with ctx:
+                    nll = diffusion_loss(ema_model, x0, x_t, t, bs, per_token=True)  # (B, L)
+                out.append(nll.view(len(x0), -1, bs).mean(-1))
+            return out
+        cands = [iv for iv in search_intervals() if iv == (1e-3, 1.0) or any(iv[0] <= j / bs <= iv[1] for j in range(bs + 1))]
+        intervals[bs], scores = clipped_schedule_search(block_losses, cands)
+        print(f"noise search B={bs}: interval {intervals[bs]} (loss variance {scores[intervals[bs]]:.4g}, "
+              f"unclipped {scores[(1e-3, 1.0)]:.4g})")
 
 def get_lr(it):  # linear warmup, then constant (BD3-LM)
     return learning_rate * min(1.0, (it + 1) / (warmup_iters + 1))
 
+def finite_weights():
+    return all(torch.isfinite(p).all() for m in (raw_model, ema_model) for p in m.parameters())
+
 def save_checkpoint():
+    global saved_iter
     ckpt = {'model': raw_model.state_dict(), 'ema': ema_model.state_dict(), 'optimizer': optimizer.state_dict(),
             'model_args': model_args, 'config': config, 'iter_num': iter_num, 'best_val_loss': best_val_loss,
-            'meta': meta}  # the tokenizer, so sample.py needs no data folder
+            'intervals': intervals, 'meta': meta}  # the tokenizer, so sample.py needs no data folder
     tmp = ckpt_path + '.tmp'
     torch.save(ckpt, tmp)
     os.replace(tmp, ckpt_path)  # atomic: an interrupted save never leaves a broken ckpt.pt
+    saved_iter = iter_num
+
+def kept():
+    return f"{ckpt_path} holds iteration {saved_iter}" if saved_iter is not None else "no checkpoint was written"
 
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L40S': 362e12, 'A10G': 125e12, '4090': 165e12}  # bf16 dense
-peak = next((v for k, v in PEAK_FLOPS.items() if device_type == 'cuda' and k in torch.cuda.get_device_name()), None)
+peak = peak_flops or next((v for k, v in PEAK_FLOPS.items() if device_type == 'cuda' and k in torch.cuda.get_device_name()), None)
+attn_frac = {bs: live_fraction(flex_block_mask(seq_len, bs, device)) if raw_model.flex and bs < seq_len else 1.0
+             for bs in ([] if causal else block_mix)}
+attn_frac[0] = 0.5 if device_type == 'cuda' else 1.0  # a causal kernel on CUDA skips the upper triangle
 
 if eval_only:
     if master_process:
@@ -240,69 +355,93 @@ if wandb_log and master_process:
         fail("wandb_log=True needs the wandb package: pip install wandb, or drop --wandb_log")
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
+# Ctrl-C (SIGINT) or SIGTERM: finish the iteration, save it, stop; a second one stops at once without saving
+stop = []
+def on_signal(signum, frame):
+    if stop:
+        raise KeyboardInterrupt
+    stop.append(signum)
+signal.signal(signal.SIGINT, on_signal)
+signal.signal(signal.SIGTERM, on_signal)
+
 start_iter = iter_num
-t0 = time.time()
+if master_process and start_iter:
+    print(f"resuming from iteration {start_iter} of {ckpt_path}")
+t0 = t_start = time.time()
 running = {'tokens': 0, 'flops': 0.0, 'dt': 0.0}
-while True:
-    # evaluate and checkpoint (not at the iteration we just resumed from: it was saved already)
-    if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num > start_iter and master_process:
-        losses = evaluate()
-        print(f"step {iter_num}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
-        key = f'val/nelbo_B{0 if causal else eval_block_sizes[0]}'
-        best_val_loss = min(best_val_loss, losses[key])
-        if wandb_log:
-            wandb.log({'iter': iter_num, **losses})
-        save_checkpoint()
-        print(f"saved checkpoint to {ckpt_path}")
-    if iter_num >= max_iters:
-        break
+try:
+    while True:
+        # evaluate and checkpoint (not at the iteration we just resumed from: it was saved already)
+        if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num > start_iter and master_process:
+            losses = evaluate()
+            print(f"step {iter_num}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+            if not all(map(math.isfinite, losses.values())) or not finite_weights():
+                fail(f"the weights diverged by iteration {iter_num} (non-finite NELBO or weights); nothing saved: "
+                     f"{kept()}. Try a lower --learning_rate or --dtype=float32")
+            best_val_loss = min(best_val_loss, losses[f'val/nelbo_B{0 if causal else eval_block_sizes[0]}'])
+            if noise_search and not causal:
+                search_noise()
+            if wandb_log:
+                wandb.log({'iter': iter_num, **losses})
+            save_checkpoint()
+            print(f"saved checkpoint to {ckpt_path}")
+        if iter_num >= max_iters:
+            break
 
-    lr = get_lr(iter_num)
-    for group in optimizer.param_groups:
-        group['lr'] = lr
-    loss_sum, flops = torch.zeros((), device=device), 0.0
-    torch.manual_seed((seed * 1_000_003 + iter_num) * 4099 + ddp_rank)  # dropout RNG, a function of the step: resume is exact
-    for micro_step in range(grad_accum):
-        x0, x_t, t, bs = micro_batch(iter_num, micro_step * world + ddp_rank)
-        head_tokens = batch_size * seq_len if causal else (x_t == vocab_size - 1).sum().item()  # on the CPU: no sync
-        flops += raw_model.estimate_flops(batch_size, 0 if causal else bs, head_tokens)
-        x0, x_t, t = to_device(x0, x_t, t)
-        if ddp:  # sync gradients only on the last micro-step (no_sync() would need a context per branch)
-            model.require_backward_grad_sync = (micro_step == grad_accum - 1)
-        with ctx:
-            loss = model(x0, x_t, t, bs) / grad_accum
-        scaler.scale(loss).backward()
-        loss_sum += loss.detach()
-    if ddp:
-        torch.distributed.all_reduce(loss_sum)  # SUM (gloo has no AVG)
-    lossf = loss_sum.item() / world
-    if not math.isfinite(lossf):
-        fail(f"loss is {lossf} at iteration {iter_num}; stopping without touching {ckpt_path} (the last good checkpoint). "
-             f"Try a lower --learning_rate or --dtype=float32")
-    scaler.unscale_(optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float('inf'))
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    with torch.no_grad():  # EMA with BD3-LM's warmup of the decay
-        decay = min(ema_decay, (1 + iter_num) / (10 + iter_num))
-        torch._foreach_lerp_(list(ema_model.parameters()), list(raw_model.parameters()), 1 - decay)
+        lr = get_lr(iter_num)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        loss_sum, flops = torch.zeros((), device=device), 0.0
+        torch.manual_seed((seed * 1_000_003 + iter_num) * 4099 + ddp_rank)  # dropout RNG, a function of the step: resume is exact
+        for micro_step in range(grad_accum):
+            x0, x_t, t, bs = micro_batch(iter_num, micro_step * world + ddp_rank)
+            head_tokens = batch_size * seq_len if causal else (x_t == vocab_size - 1).sum().item()  # on the CPU: no sync
+            flops += raw_model.estimate_flops(batch_size, 0 if causal else bs, head_tokens, attn_frac[0 if causal else bs])
+            x0, x_t, t = to_device(x0, x_t, t)
+            if ddp:  # sync gradients only on the last micro-step (no_sync() would need a context per branch)
+                model.require_backward_grad_sync = (micro_step == grad_accum - 1)
+            with ctx:
+                loss = model(x0, x_t, t, bs) / grad_accum
+            scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        stats = torch.stack([loss_sum, torch.tensor(float(bool(stop)), device=device)])
+        if ddp:
+            torch.distributed.all_reduce(stats)  # SUM (gloo has no AVG); a stop request on any rank stops all
+        lossf, stopping = stats[0].item() / world, stats[1].item() > 0
+        scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float('inf'))
+        if not math.isfinite(lossf) or (dtype != 'float16' and not torch.isfinite(norm)):  # fp16: the scaler skips the step
+            fail(f"loss {lossf}, gradient norm {norm.item()} at iteration {iter_num}; stopping without saving: {kept()}. "
+                 f"Try a lower --learning_rate or --dtype=float32")
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():  # EMA with BD3-LM's warmup of the decay
+            decay = min(ema_decay, (1 + iter_num) / (10 + iter_num))
+            torch._foreach_lerp_(list(ema_model.parameters()), list(raw_model.parameters()), 1 - decay)
 
-    t1 = time.time()
-    dt, t0 = t1 - t0, t1
-    iter_num += 1
-    if iter_num - start_iter > 1:  # the first iteration pays for warm-up and compilation
-        running['tokens'] += total_batch_size
-        running['flops'] += flops * world
-        running['dt'] += dt
-    if iter_num % log_interval == 0 and master_process:
-        tps = running['tokens'] / max(running['dt'], 1e-9)
-        mfu = f", mfu {100 * running['flops'] / running['dt'] / peak:.1f}%" if peak and running['dt'] else ''
-        print(f"iter {iter_num}: loss {lossf:.6f}, norm {norm.item():.3f}, lr {lr:.2e}, time {dt * 1000:.0f}ms, "
-              f"{tps:,.0f} tok/s{mfu}")
-        if wandb_log:
-            wandb.log({'iter': iter_num, 'train/loss': lossf, 'grad_norm': norm.item(), 'lr': lr, 'tok_per_s': tps})
-        running = {'tokens': 0, 'flops': 0.0, 'dt': 0.0}
+        t1 = time.time()
+        dt, t0 = t1 - t0, t1
+        iter_num += 1
+        if iter_num - start_iter > 1:  # the first iteration pays for warm-up and compilation
+            running['tokens'] += total_batch_size
+            running['flops'] += flops  # this process's FLOPs: MFU is per device
+            running['dt'] += dt
+        if iter_num % log_interval == 0 and master_process:
+            tps = running['tokens'] / max(running['dt'], 1e-9)
+            mfu = f", mfu {100 * running['flops'] / running['dt'] / peak:.1f}%" if peak and running['dt'] else ''
+            eta = (time.time() - t_start) / (iter_num - start_iter) * (max_iters - iter_num)
+            print(f"iter {iter_num}: loss {lossf:.6f}, norm {norm.item():.3f}, lr {lr:.2e}, time {dt * 1000:.0f}ms, "
+                  f"{tps:,.0f} tok/s{mfu}, {iter_num}/{max_iters} eta {eta / 60:.1f} min", flush=True)
+            if wandb_log:
+                wandb.log({'iter': iter_num, 'train/loss': lossf, 'grad_norm': norm.item(), 'lr': lr, 'tok_per_s': tps})
+            running = {'tokens': 0, 'flops': 0.0, 'dt': 0.0}
+        if stopping:
+            if master_process and saved_iter != iter_num and finite_weights():
+                save_checkpoint()
+            fail(f"interrupted: {kept()}; continue with `python train.py --out_dir={out_dir} --init_from=resume`")
+except KeyboardInterrupt:
+    fail(f"interrupted twice: stopped without saving; {kept()}")
 
 if ddp:
     destroy_process_group()

@@ -7,12 +7,14 @@
 out_dir = 'out-did-owt-ft'
 init_from = 'bd3lm:kuleshov-group/bd3lm-owt-block_size1024-pretrain'  # needs huggingface_hub (+ safetensors)
 dataset = 'openwebtext'
+tokenizer = 'gpt2'
 seq_len = 1024
-dropout = 0.1                        # BD3-LM's model.dropout
+dropout = 0.1                        # BD3-LM's model.dropout (residual branches only, as BD3-LM)
 batch_size = 16                      # per GPU (BD3-LM: 16 per GPU x 8 GPUs x 4 accumulation = 512)
 total_batch_size = 512 * 1024
-block_mix = {4: 0.9, 1024: 0.1}      # paper §2.5, lambda = 0.1
-noise_clip = {4: (0.5, 1.0)}         # BD3-LM's block-4 interval (it searches it on validation; we fix it)
+block_mix = {4: 0.9, 1024: 0.1}      # DiD's mix-scale training, lambda = 0.1
+noise_clip = {4: (0.5, 1.0)}         # the starting interval of block 4; the search below replaces it
+noise_search = True                  # BD3-LM's clipped-schedule search at every evaluation (36 intervals per block size)
 eval_block_sizes = [4, 1024]
 learning_rate = 3e-4                 # AdamW (0.9, 0.999), no weight decay, constant after warmup (BD3-LM)
 warmup_iters = 2500

@@ -5,14 +5,16 @@
 
 out_dir = 'out-did-owt'
 dataset = 'openwebtext'
+tokenizer = 'gpt2'
 seq_len = 1024
 n_layer = 12
 n_head = 12
 n_embd = 768
 batch_size = 16                      # per GPU: the 2L input doubles activation memory (BD3-LM used 16)
 total_batch_size = 512 * 1024        # BD3-LM's global batch: 512 sequences
-block_mix = {4: 0.9, 1024: 0.1}      # paper §2.5, lambda = 0.1
-noise_clip = {4: (0.5, 1.0)}         # clipped schedule for small blocks; the global block uses [1e-3, 1]
+block_mix = {4: 0.9, 1024: 0.1}      # DiD's mix-scale training, lambda = 0.1
+noise_clip = {4: (0.5, 1.0)}         # clipped schedule for small blocks until the first search; the global block [1e-3, 1]
+noise_search = True                  # BD3-LM's clipped-schedule search at every evaluation (36 intervals per block size)
 eval_block_sizes = [4, 1024]
 learning_rate = 3e-4
 warmup_iters = 2500
