@@ -135,7 +135,8 @@ for i, seed in enumerate(seeds):
 judge = train('judge', seeds[0], judge_iters, causal=True, block_mix={4: 1.0})
 judge_ckpt = os.path.join(judge, 'ckpt.pt')
 if train_only:
-    raise SystemExit(f"trained: {json.dumps(times)}")
+    print(f"trained, seconds: {json.dumps(times)}")
+    sys.exit(0)
 
 # 4. evaluation
 nelbos = {}

@@ -119,10 +119,15 @@ class Block(nn.Module):
         self.attn = SelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
+        # a learned per-channel gate on each residual branch, zero at init: every block starts as the identity
+        # and opens as it learns. BD3-LM's DiT gets the same from its zero-initialised adaLN gates (fed a
+        # constant time, they are constant vectors); without them our model learned ~0.4 nats/char slower per step.
+        self.gate_1 = nn.Parameter(torch.zeros(config.n_embd))
+        self.gate_2 = nn.Parameter(torch.zeros(config.n_embd))
 
     def forward(self, x, cos, sin, attn_mask=None, is_causal=False, cache=None, layer=0, n_out=None):
-        x = x[:, :n_out] + self.attn(self.ln_1(x), cos, sin, attn_mask, is_causal, cache, layer, n_out)
-        return x + self.mlp(self.ln_2(x))
+        x = x[:, :n_out] + self.gate_1 * self.attn(self.ln_1(x), cos, sin, attn_mask, is_causal, cache, layer, n_out)
+        return x + self.gate_2 * self.mlp(self.ln_2(x))
 
 
 class DiD(nn.Module):
@@ -141,21 +146,13 @@ class DiD(nn.Module):
         self.register_buffer('cos', emb.cos(), persistent=False)  # (L, hs)
         self.register_buffer('sin', emb.sin(), persistent=False)
         self.flex = False  # True: the 2L training mask runs through FlexAttention (see flex_block_mask)
-        self.apply(self._init_weights)
-        for pn, p in self.named_parameters():  # scaled init of the residual projections (GPT-2)
-            if pn.endswith('c_proj.weight'):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-        # zero head (as BD3-LM): the first prediction is uniform, the first loss is exactly ln(V-1)
+        # initialisation as BD3-LM's DiT: PyTorch's default for the Linear layers (kaiming-uniform, std
+        # 1/sqrt(3 fan_in)), the embedding at the same scale (uniform in +-1/sqrt(C); N(0, 1), nn.Embedding's
+        # default, and GPT-2's std 0.02 both learned slower per step), the gates above at zero, and a zero head:
+        # the first prediction is uniform (loss ln(V-1) per masked token, before the 1/t weight)
+        nn.init.uniform_(self.wte.weight, -1 / math.sqrt(config.n_embd), 1 / math.sqrt(config.n_embd))
         nn.init.zeros_(self.lm_head.weight)
         nn.init.zeros_(self.lm_head.bias)
-
-    def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def get_num_params(self):
         return sum(p.numel() for p in self.parameters())
@@ -661,8 +658,10 @@ def generate(model, prompt, seeds, stages=((4, 1.0), (1024, 0.25)), remask='snap
 def nelbo(model, batches, block_size, seed=1337, ctx=None, bos=False):
     """Validation NELBO per token (nats) at any block size: unclipped t in [1e-3, 1], no resampling, one
     seeded noise draw per batch. exp(nelbo) upper-bounds the perplexity. block_size=0 gives the exact AR
-    cross-entropy of a causal model instead. bos=True: position 0 holds the BOS, is never masked and not
-    counted (BD3-LM's ignore_bos), so the average runs over the L - 1 other positions."""
+    cross-entropy of a causal model instead; block_size=1 takes t = 1 (every token masked): a one-token block
+    is either masked or not, so its NELBO is the same for every t and t = 1 gives it without noise (BD3-LM's
+    eval_nll). bos=True: position 0 holds the BOS, is never masked and not counted (BD3-LM's ignore_bos), so the
+    average runs over the L - 1 other positions."""
     ctx = ctx or contextlib.nullcontext()
     total, count = 0.0, 0
     for i, x0 in enumerate(batches):
@@ -671,7 +670,8 @@ def nelbo(model, batches, block_size, seed=1337, ctx=None, bos=False):
                 loss = ar_loss(model, x0)
             else:
                 g = torch.Generator(device=x0.device).manual_seed(seed + i)
-                x_t, t = add_noise(x0, block_size, model.config.mask_id, generator=g, keep_first=bos)
+                eps_min = 1.0 if block_size == 1 else 1e-3  # B=1: the NELBO does not depend on t; t = 1 makes it exact
+                x_t, t = add_noise(x0, block_size, model.config.mask_id, eps_min, generator=g, keep_first=bos)
                 L = x0.size(1)
                 loss = diffusion_loss(model, x0, x_t, t, block_size) * (L / (L - 1) if bos else 1)
         total, count = total + loss.item(), count + 1
@@ -812,7 +812,7 @@ def from_bd3lm(sd, seq_len=1024, dropout=0.0, n_head=None):
     BD3-LM keeps DiT's adaLN but feeds it time 0 (time_conditioning=False), so c = silu(sigma_map(0)) is a
     constant and every shift, scale and gate is a constant vector. Fold them away:
       modulate(LN_w(x), shift, scale) = LN(x) * w * (1 + scale) + shift  -> a LayerNorm with weight and bias
-      x + gate * (W y + b)                                              -> gate folded into W's rows and b
+      x + gate * (W y + b)                                              -> our residual gates gate_1, gate_2
     n_head: the checkpoint config's n_heads (the state dict does not say; None: head dim 64, as small/medium).
     Returns the model and the checkpoint's clipped noise interval (sampling_eps_min, sampling_eps_max), read
     from its float32 buffers and rounded to 6 decimals (0.0010000000474974513 is the unclipped 1e-3)."""
@@ -834,13 +834,15 @@ def from_bd3lm(sd, seq_len=1024, dropout=0.0, n_head=None):
         block.ln_1.weight.copy_(sd[p + 'norm1.weight'] * (1 + scale1))
         block.ln_1.bias.copy_(shift1)
         block.attn.c_attn.weight.copy_(sd[p + 'attn_qkv.weight'])
-        block.attn.c_proj.weight.copy_(gate1[:, None] * sd[p + 'attn_out.weight'])
+        block.attn.c_proj.weight.copy_(sd[p + 'attn_out.weight'])
+        block.gate_1.copy_(gate1)
         block.ln_2.weight.copy_(sd[p + 'norm2.weight'] * (1 + scale2))
         block.ln_2.bias.copy_(shift2)
         block.mlp.c_fc.weight.copy_(sd[p + 'mlp.0.weight'])
         block.mlp.c_fc.bias.copy_(sd[p + 'mlp.0.bias'])
-        block.mlp.c_proj.weight.copy_(gate2[:, None] * sd[p + 'mlp.2.weight'])
-        block.mlp.c_proj.bias.copy_(gate2 * sd[p + 'mlp.2.bias'])
+        block.mlp.c_proj.weight.copy_(sd[p + 'mlp.2.weight'])
+        block.mlp.c_proj.bias.copy_(sd[p + 'mlp.2.bias'])
+        block.gate_2.copy_(gate2)
     shift, scale = F.linear(c, sd['output_layer.adaLN_modulation.weight'], sd['output_layer.adaLN_modulation.bias']).chunk(2)
     model.ln_f.weight.copy_(sd['output_layer.norm_final.weight'] * (1 + scale))
     model.ln_f.bias.copy_(shift)

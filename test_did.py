@@ -865,6 +865,39 @@ def test_gpt2_judge_path_end_to_end_with_a_tiny_local_gpt2(tiny_run):
     assert abs(mean - sum(per) / 2) < 1e-6 * mean
 
 
+def test_real_word_rate_by_hand():
+    """Words are lowercased runs of letters; the rate is the share of a sample's words found in the vocabulary."""
+    from did import real_word_rate, words
+    vocab = set(words("To be, or not to be: that is the question.\nWhether 'tis nobler"))
+    assert vocab == {'to', 'be', 'or', 'not', 'that', 'is', 'the', 'question', 'whether', 'tis', 'nobler'}
+    # words: to, be, xq, the, qvestion, nobler, o, tis -> 5 of 8 are real (xq, qvestion, o are not)
+    assert real_word_rate("TO be, xq!the QVESTION--nobler o'tis 42", vocab) == 5 / 8
+    assert math.isnan(real_word_rate("123 ... !", vocab))
+
+
+def test_ablate_reuses_only_runs_made_with_the_same_settings(tmp_path):
+    """ablate.py names every run folder by a hash of its settings: a rerun with another fine-tuning budget
+    reuses the pretrained model (same settings) and trains new fine-tunes; the committed results are safe."""
+    text = tmp_path / 't.txt'
+    text.write_text('the cat sat on the mat and the dog ran far away. ' * 400)
+    base = [sys.executable, os.path.join(ROOT, 'ablate.py'), f'--text={text}', '--out_dir=abl', '--seq_len=16',
+            '--n_layer=1', '--n_head=2', '--n_embd=16', '--batch_size=2', '--pretrain_iters=2', '--judge_iters=2',
+            '--seeds=[1]', '--train_only=True']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    first = subprocess.run(base + ['--finetune_iters=2'], cwd=tmp_path, capture_output=True, text=True, env=env)
+    second = subprocess.run(base + ['--finetune_iters=6'], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    trained = [re.findall(r'^training (\S+)', o.stdout, re.M) for o in (first, second)]
+    reused = re.findall(r'^reusing (\S+)', second.stdout, re.M)
+    assert len(trained[0]) == 5 and {f.split('-')[0] for f in trained[1]} == {'baseline', 'did', 'did_equal'}
+    assert sorted(reused) == sorted(f for f in trained[0] if f.startswith(('pretrain', 'judge')))
+    assert not set(trained[0]) & set(trained[1])  # nothing trained under other settings is taken for these
+    (tmp_path / 'abl' / 'results.md').write_text('committed')
+    third = subprocess.run(base + ['--finetune_iters=2'], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert third.returncode != 0 and 'already holds results' in third.stderr
+    assert (tmp_path / 'abl' / 'results.md').read_text() == 'committed'
+
+
 def test_sample_eval_with_our_own_ar_judge(tiny_run):
     tmp_path = tiny_run[0]
     train(tmp_path, '--max_iters=10', '--eval_interval=10', '--out_dir=ar', '--causal=True')

@@ -128,8 +128,8 @@ if not causal:
               f"block size {bs} does not divide seq_len={seq_len}: use a divisor of {seq_len} in block_mix/eval_block_sizes")
     check(isinstance(noise_clip, dict), f"--noise_clip={noise_clip!r} must map block sizes to (eps_min, eps_max)")
     for bs, iv in noise_clip.items():
-        check(isinstance(iv, (tuple, list)) and len(iv) == 2 and 0 < iv[0] < iv[1] <= 1,
-              f"noise_clip[{bs}]={iv!r} must be an interval (eps_min, eps_max) with 0 < eps_min < eps_max <= 1")
+        check(isinstance(iv, (tuple, list)) and len(iv) == 2 and 0 < iv[0] <= iv[1] <= 1,
+              f"noise_clip[{bs}]={iv!r} must be an interval (eps_min, eps_max) with 0 < eps_min <= eps_max <= 1")
         try:  # resampling needs a realizable masked fraction j / bs in the interval
             add_noise(torch.zeros(1, bs, dtype=torch.long), bs, 1, *iv, resample=resample)
         except ValueError as e:
