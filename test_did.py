@@ -909,6 +909,15 @@ def test_sample_eval_with_our_own_ar_judge(tiny_run):
     assert 1.0 < row['gen_ppl'] < 66 and 0 < row['entropy'] < math.log(64) and row['num_samples'] == 4
     assert row['forwards'] == 63 + 15 + 15  # draft: 63 reveals + 15 cache writes; refine: floor(0.25 * 63)
     assert '| 4:1.0,L:0.25 | snapshot | 0.25 |' in out.stdout
+    # the schedules through --stages and the flags: 2 tokens per forward in the draft (flags), a refine of 5 steps
+    # that reuses the fixed tokens' keys/values (stage options)
+    fast = subprocess.run(cmd[:-3] + ['--stages=4:1.0,L:0.25:steps=5:refresh=1000', '--steps=2', '--order=confidence',
+                                      '--eval', '--judge=ar/ckpt.pt'], cwd=tmp_path, capture_output=True, text=True)
+    assert fast.returncode == 0, fast.stderr
+    row = json.loads(fast.stdout.strip().splitlines()[-1])
+    # draft: 2 forwards in each of the 16 blocks + 15 cache writes, of 4 tokens each; refine: 5 forwards, the first
+    # over all 64 tokens, the others over the 15 remasked positions alone
+    assert row['forwards'] == 16 * 2 + 15 + 5 and row['token_forwards'] == (16 * 2 + 15) * 4 + 64 + 4 * 15
 
 
 def test_bench_runs_end_to_end():

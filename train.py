@@ -68,6 +68,7 @@ eval_block_sizes = [4, 1024]    # report the validation NELBO at these block siz
 learning_rate = 3e-4            # peak learning rate
 max_iters = 40000               # total optimizer steps
 warmup_iters = 2500             # linear warmup, then constant
+decay_lr = False                # cosine decay from warmup_iters to max_iters down to learning_rate / 10 (nanoGPT); BD3-LM keeps it constant
 weight_decay = 0.0
 beta1 = 0.9
 beta2 = 0.999
@@ -315,8 +316,11 @@ def search_noise():
         print(f"noise search B={bs}: interval {intervals[bs]} (loss variance {scores[intervals[bs]]:.4g}, "
               f"unclipped {scores[(1e-3, 1.0)]:.4g})")
 
-def get_lr(it):  # linear warmup, then constant (BD3-LM)
-    return learning_rate * min(1.0, (it + 1) / (warmup_iters + 1))
+def get_lr(it):  # linear warmup, then constant (BD3-LM) or a cosine down to a tenth (decay_lr, nanoGPT)
+    if it < warmup_iters or not decay_lr:
+        return learning_rate * min(1.0, (it + 1) / (warmup_iters + 1))
+    progress = min(1.0, (it - warmup_iters) / max(1, max_iters - warmup_iters))
+    return learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 def finite_weights():
     return all(torch.isfinite(p).all() for m in (raw_model, ema_model) for p in m.parameters())
