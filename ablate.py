@@ -194,12 +194,15 @@ for i, seed in enumerate(seeds):
 # every draw above a threshold), and global refines that reuse the fixed tokens' keys and values (refresh r)
 sched = []
 if schedules:
-    s0, inf = seeds[0], 10 ** 6
+    s0, inf = seeds[0], 0  # refresh=0: the fixed tokens' keys/values from the stage's first forward, never refreshed
     drafts = {'exact (1 token/forward)': '4:1.0', '1/forward, confidence': '4:1.0:order=confidence', '2/forward, random': '4:1.0:steps=2',
               '2/forward, confidence': '4:1.0:steps=2:order=confidence', '4/forward, confidence': '4:1.0:steps=1:order=confidence',
               'threshold 0.9': '4:1.0:threshold=0.9', 'threshold 0.7': '4:1.0:threshold=0.7'}
     refines = {'exact (1 token/forward, r=1)': 'L:{g}', '1/forward, confidence, r=1': 'L:{g}:order=confidence', 'r=4': 'L:{g}:refresh=4', 'r=inf': f'L:{{g}}:refresh={inf}',
                'r=inf, 8 steps, confidence': f'L:{{g}}:steps=8:order=confidence:refresh={inf}',
+               'r=1, 4 steps, confidence': 'L:{g}:steps=4:order=confidence',
+               'r=inf, 4 steps, confidence': f'L:{{g}}:steps=4:order=confidence:refresh={inf}',
+               'r=inf, 2 steps, confidence': f'L:{{g}}:steps=2:order=confidence:refresh={inf}',
                'r=inf, threshold 0.9': f'L:{{g}}:threshold=0.9:refresh={inf}'}
     for name, d in drafts.items():
         row(s0, 'did', f'draft {name}', d, table=sched)
@@ -208,6 +211,8 @@ if schedules:
             row(s0, 'did', f'exact draft + refine γ={g} {name}', f'4:1.0,{r.format(g=g)}', table=sched)
         row(s0, 'did', f'draft 2/forward conf. + refine γ={g} r=inf, threshold 0.9',
             f"4:1.0:steps=2:order=confidence,{refines['r=inf, threshold 0.9'].format(g=g)}", table=sched)
+        row(s0, 'did', f'draft 1/forward conf. + refine γ={g} r=inf, 4 steps, confidence',
+            f"4:1.0:order=confidence,{refines['r=inf, 4 steps, confidence'].format(g=g)}", table=sched)
 
 # the reference: real validation text, scored the same way
 val = np.fromfile(os.path.join(out_dir, 'data', dataset, 'val.bin'), dtype=np.uint16)

@@ -128,13 +128,22 @@ for gamma in (0.25, 0.5):
 print(f"batched cached draft: {(L - 1) * sample_batch / dtb:,.0f} tok/s; cached / uncached: {dtu / dtb:.1f}x")
 # the faster schedules (did.denoise): several tokens per forward, and refines that reuse the fixed tokens' keys/values
 print(f"\nfaster schedules, batch {sample_batch} (stage options as in sample.py --stages; r = refresh):")
+dtc, res = time_generate(model, sample_batch, [(4, 1.0, dict(order='confidence'))])
+row('draft, 1 token/forward (conf.)', sample_batch, dtc, res, ref=dtb)
 dts, res = time_generate(model, sample_batch, [(4, 1.0, dict(steps=2, order='confidence'))])
 row('draft, 2 tokens/forward (conf.)', sample_batch, dts, res, ref=dtb)
-for name, opts in (('refine r=8', dict(refresh=8)), ('refine r=inf', dict(refresh=L)),
-                   ('refine r=inf, 8 steps (conf.)', dict(refresh=L, steps=8, order='confidence'))):
+for name, opts in (('refine r=8', dict(refresh=8)), ('refine r=inf', dict(refresh=0)),
+                   ('refine r=inf, 8 steps (conf.)', dict(refresh=0, steps=8, order='confidence')),
+                   ('refine r=inf, 4 steps (conf.)', dict(refresh=0, steps=4, order='confidence')),
+                   ('refine r=inf, threshold 0.9', dict(refresh=0, threshold=0.9))):
     for gamma in (0.25, 0.5):
         dtr, res = time_generate(model, sample_batch, [(4, 1.0), (L, gamma, opts)])
         row(f'draft + {name} g={gamma}', sample_batch, dtr, res, ref=dtb)
+print("against the confidence-order draft (sample.py's default order):")
+for gamma in (0.25, 0.5):
+    dtr, res = time_generate(model, sample_batch, [(4, 1.0, dict(order='confidence')),
+                                                   (L, gamma, dict(order='confidence', steps=4, refresh=0))])
+    row(f'conf. draft + refine r=inf 4 steps g={gamma}', sample_batch, dtr, res, ref=dtc)
 
 if not skip_long:
     long_model = DiD(DiDConfig(vocab_size=vocab_size, **{**SHAPES[shape], 'seq_len': long_len})).to(device).eval()

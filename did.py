@@ -473,8 +473,9 @@ def denoise(model, x, conf, block_size, gens, steps=None, top_p=0.9, temperature
     evenly over S steps; threshold=tau every draw with probability >= tau and at least the most probable one
     (Fast-dLLM's parallel decoding; implies order='confidence', and the model's confidence sets the steps).
     refresh=r > 1 (global stages with use_cache): the positions this stage does not denoise get their keys and
-    values recomputed only every r steps; in between only the stage's masked positions run through the trunk
-    (RefineCache; an approximation, r = 1 is exact and runs the whole sequence every step).
+    values recomputed only every r steps (r = 0: only at the stage's first step); in between only the stage's
+    masked positions run through the trunk (RefineCache; an approximation, r = 1 is exact and runs the whole
+    sequence every step).
     gens: one torch.Generator per row, so a row's samples do not depend on the rest of the batch.
     use_cache=False runs the whole prefix each step with the block-causal mask (the slow reference).
     Returns per-row counts (B,) as a batch-1 sampler would make them: nfe (denoising forwards in which the row
@@ -486,7 +487,7 @@ def denoise(model, x, conf, block_size, gens, steps=None, top_p=0.9, temperature
     by_conf = order == 'confidence' or threshold is not None
     stats = {k: torch.zeros(B, dtype=torch.long) for k in ('nfe', 'cache_passes', 'token_forwards')}
     active, n_fwd = None, 0  # the stage's masked positions (B, M), when a global stage reuses the others' keys/values
-    if block_size == L and use_cache and refresh > 1:
+    if block_size == L and use_cache and refresh != 1:
         n = (x == mask_id).sum(1)
         if (n == n[0]).all() and 0 < n[0] < L:  # every row has as many (a refine stage): one (B, M) index
             active = (x == mask_id).nonzero()[:, 1].view(B, -1)
@@ -510,7 +511,7 @@ def denoise(model, x, conf, block_size, gens, steps=None, top_p=0.9, temperature
             u = u.to(x.device)
             n_tok = block_size if cache is not None or block_size == L else end
             n_fwd += 1
-            if active is not None and (n_fwd - 1) % refresh:  # the stage's positions alone, against cached keys/values
+            if active is not None and (n_fwd - 1) % (refresh or n_fwd):  # the stage's positions alone, against cached keys/values
                 rcache.idx, n_tok = active, active.size(1)
                 ha = model.hidden(x.gather(1, active), active, cache=rcache)  # (B, M, C)
                 h = ha.new_zeros(B, L, ha.size(-1)).scatter_(1, active[..., None].expand_as(ha), ha)
@@ -588,8 +589,8 @@ def check_sampling(stages, L, prompt_len, remask, top_p, temperature, nucleus):
             raise ValueError(f"unknown reveal order {o['order']!r}; use random or confidence")
         if o['threshold'] is not None and not 0 < o['threshold'] <= 1:
             raise ValueError(f"confidence threshold {o['threshold']} must be in (0, 1]")
-        if o['refresh'] < 1:
-            raise ValueError(f"refresh={o['refresh']}: keys and values are refreshed every r >= 1 steps")
+        if o['refresh'] < 0:
+            raise ValueError(f"refresh={o['refresh']}: keys and values are refreshed every r >= 1 steps (0: never)")
     if not 0 < prompt_len < L:
         raise ValueError(f"prompt of {prompt_len} tokens must be between 1 and {L - 1} tokens (seq_len {L})")
     if remask not in ('snapshot', 'posthoc', 'random'):

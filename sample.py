@@ -32,9 +32,10 @@ batch_size = 4                  # sequences generated together
 stages = '4:1.0,L:0.25'         # DiD's headline setting: draft B=4, then remask 25% and refine with one global block
 remask = 'snapshot'             # snapshot (DiD), posthoc (score the finished draft once) or random
 steps = None                    # denoising steps per block (None: one token per step); these four are the defaults of every stage
-order = 'random'                # which masked positions a step reveals: random (BD3-LM) or confidence (the most probable draws, LLaDA)
+order = 'confidence'            # which masked positions a step reveals: confidence (the most probable draws first, LLaDA; more real words
+                                # at the same cost and entropy, README: Sampling schedules) or random (BD3-LM, the paper's sampler)
 threshold = None                # reveal every draw at least this probable, at least one per forward (Fast-dLLM); None: off
-refresh = 1                     # global stages: recompute the fixed tokens' keys/values every r forwards (1: exact; >1: reuse them, faster)
+refresh = 1                     # global stages: recompute the fixed tokens' keys/values every r forwards (1: exact; >1 reuse them, faster; 0: never)
 top_p = 0.9                     # nucleus sampling (BD3-LM's setting)
 nucleus = 'standard'            # 'standard' keeps the token that crosses top_p; 'bd3lm' drops it (BD3-LM's sampler, the paper's numbers)
 temperature = 1.0               # 0: greedy
@@ -45,7 +46,7 @@ overwrite = False               # allow --out to replace an existing file
 show = False                    # print each sample with what the refine stage remasked and changed highlighted
 eval = False                    # score the samples: Gen PPL under --judge and unigram entropy, as one table row
 judge = 'gpt2-large'            # the paper's judge (needs transformers), a local Hugging Face folder, or path/to/ckpt.pt of an AR model (--causal=True)
-words_from = ''                 # with --eval: a text file whose words count as real (real-word rate); '' skips it
+words_from = ''                 # a text file whose words count as real: print the samples' real-word rate; '' skips it
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'
 # -----------------------------------------------------------------------------
@@ -175,6 +176,11 @@ if out:
 elif not show and not eval:
     for i, s in enumerate(samples):
         print(f"\n--- sample {i}\n{s['text']}")
+if words_from:  # the share of each sample's words (lowercased runs of letters) that occur in words_from
+    vocab = set(words(open(words_from, encoding='utf-8').read()))
+    rates = [r for r in (real_word_rate(s['text'].replace('<|endoftext|>', ' '), vocab) for s in samples) if r == r]
+    rwr = sum(rates) / len(rates) if rates else float('nan')
+    print(f"real-word rate {rwr:.3f} (mean over {len(rates)} samples; words of {words_from})")
 
 if eval:  # BD3-LM's protocol: decode, re-encode with the judge's tokenizer, score; no low-entropy rejection
     (mean, std, weighted, per), ent = jd.score([s['text'] for s in samples], L)
@@ -182,9 +188,7 @@ if eval:  # BD3-LM's protocol: decode, re-encode with the judge's tokenizer, sco
     sem = std / n_ok ** 0.5 if n_ok else float('nan')
     nfe = sum(st['nfe'] + st['cache_passes'] for st in totals) / num_samples
     tf = sum(st['token_forwards'] for st in totals) / num_samples
-    vocab = set(words(open(words_from, encoding='utf-8').read())) if words_from else None
-    rates = [r for r in (real_word_rate(s['text'].replace('<|endoftext|>', ' '), vocab) for s in samples) if r == r] if vocab else []
-    rwr = sum(rates) / len(rates) if rates else float('nan')
+    rates, rwr = (rates, rwr) if words_from else ([], float('nan'))
     gammas = ','.join(f"{g}" for _, g, *_ in stage_list[1:]) or '-'
     print("| stages | remask | gamma | Gen PPL (mean ± s.e.) | token-weighted | entropy | real words | forwards | token-forwards | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -706,7 +706,8 @@ def test_confidence_order_and_threshold_reveal_what_they_claim():
 
 
 @pytest.mark.parametrize('opts', [dict(order='confidence'), dict(order='confidence', steps=2), dict(threshold=0.2),
-                                  dict(refresh=3), dict(refresh=100, steps=4), dict(threshold=0.2, refresh=2)])
+                                  dict(refresh=3), dict(refresh=100, steps=4), dict(threshold=0.2, refresh=2),
+                                  dict(refresh=0, steps=4, order='confidence')])
 def test_every_schedule_fills_everything_keeps_the_prompt_and_counts_per_row(opts):
     model = tiny_model()
     prompt = [3, 7, 11]
@@ -720,7 +721,7 @@ def test_every_schedule_fills_everything_keeps_the_prompt_and_counts_per_row(opt
         if opts.get('steps'):  # a step that has nothing to reveal for a row is no forward of that row
             assert (n == (1 + 7 * min(opts['steps'], 4) if k == 0 else opts['steps'])).all()
         if k and 'refresh' in opts:  # refreshes run all 32 positions, the other steps only the r remasked ones
-            full = (n + opts['refresh'] - 1) // opts['refresh']
+            full = (n + opts['refresh'] - 1) // opts['refresh'] if opts['refresh'] else torch.ones_like(n)  # 0: the first only
             assert torch.equal(st['token_forwards'], full * 32 + (n - full) * r)
 
 
@@ -736,6 +737,9 @@ def test_refine_cache_partial_forward_equals_the_full_one_when_nothing_changed()
     cache.idx = idx
     part = model.hidden(x.gather(1, idx), idx, cache=cache)
     assert torch.allclose(part, full.gather(1, idx[..., None].expand(-1, -1, full.size(-1))), rtol=1e-10, atol=1e-12)
+    # refresh=0 reuses the first full forward's keys/values for the whole stage: what any r beyond the stage's length does
+    stages = lambda r: [(4, 1.0), (32, 0.5, dict(refresh=r, order='confidence'))]
+    assert torch.equal(generate(model, [5], [0, 1], stages(0))['tokens'], generate(model, [5], [0, 1], stages(1000))['tokens'])
 
 
 def test_sampling_is_seeded_and_batch_invariant():
@@ -757,7 +761,8 @@ def test_sampler_bad_input():
                                         ([(4, 1.0), (32, 1.5)], [1], 'snapshot', 'outside'),
                                         ([(4, 0.5)], [1], 'snapshot', 'first stage'),
                                         ([(4, 1.0)], [1] * 32, 'snapshot', 'prompt'),
-                                        ([(4, 1.0), (32, 0.2)], [1], 'best', 'unknown remask')]:
+                                        ([(4, 1.0), (32, 0.2)], [1], 'best', 'unknown remask'),
+                                        ([(4, 1.0), (32, 0.2, dict(refresh=-1))], [1], 'snapshot', 'refreshed every')]:
         with pytest.raises(ValueError, match=msg):
             generate(model, prompt, [0], stages, remask=remask)
 
@@ -779,6 +784,15 @@ def test_sample_py_end_to_end(tiny_run):
     assert re.search(r'\{.\}', out.stdout) and 'generated tokens/s' in out.stdout
     bad = subprocess.run(cmd[:-3] + ['--stages=5:1.0'], cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode != 0 and 'does not divide' in bad.stderr and 'Traceback' not in bad.stderr
+    # --words_from prints the mean real-word rate of the samples against a text's words (no judge needed)
+    from did import real_word_rate, words
+    (tmp_path / 'w.txt').write_text('the sat a ' + ' '.join(words(rows[0]['text'])[:3]))
+    rated = subprocess.run(cmd[:-3] + ['--words_from=w.txt', '--out=s.jsonl', '--overwrite=True'], cwd=tmp_path,
+                           capture_output=True, text=True)
+    vocab = set(words((tmp_path / 'w.txt').read_text()))
+    want = np.mean([real_word_rate(json.loads(line)['text'].replace('<|endoftext|>', ' '), vocab)
+                    for line in open(tmp_path / 's.jsonl')])
+    assert rated.returncode == 0 and f"real-word rate {want:.3f} (mean over 3 samples" in rated.stdout, rated.stdout
 
 
 # -----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 # for 26% of BD3-LM's fine-tuning budget (150K steps at batch 512 -> 39K steps), BD3-LM's optimizer settings.
 # $ python prepare_owt.py
 # $ torchrun --standalone --nproc_per_node=8 train.py config/finetune_did_owt.py
-# Then: python sample.py --out_dir=out-did-owt-ft --num_samples=300 --batch_size=32 --stages=4:1.0,1024:0.25 --eval --judge=gpt2-large
+# Then: python sample.py --out_dir=out-did-owt-ft --num_samples=300 --batch_size=32 --nucleus=bd3lm --order=random --stages=4:1.0,1024:0.25 --eval --judge=gpt2-large
 
 out_dir = 'out-did-owt-ft'
 init_from = 'bd3lm:kuleshov-group/bd3lm-owt-block_size1024-pretrain'  # needs huggingface_hub (+ safetensors)
