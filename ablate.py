@@ -283,6 +283,8 @@ try:
                 ax.annotate(r['label'].replace('exact draft + ', '').replace('refine ', ''), (r[x], r[y]), fontsize=5)
             ax.set_xlabel(xl)
             ax.set_ylabel(yl)
+            if y == 'gen_ppl':
+                ax.set_yscale('log')  # several tokens per forward can be an order of magnitude worse
         fig.suptitle(f'sampling schedules of the DiD model ({num_samples} samples each): blue drafts, orange '
                      f'draft + refine γ=0.25, green γ=0.5')
         fig.tight_layout()

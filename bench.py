@@ -135,15 +135,17 @@ row('draft, 2 tokens/forward (conf.)', sample_batch, dts, res, ref=dtb)
 for name, opts in (('refine r=8', dict(refresh=8)), ('refine r=inf', dict(refresh=0)),
                    ('refine r=inf, 8 steps (conf.)', dict(refresh=0, steps=8, order='confidence')),
                    ('refine r=inf, 4 steps (conf.)', dict(refresh=0, steps=4, order='confidence')),
+                   ('refine r=inf, 2 steps (conf.)', dict(refresh=0, steps=2, order='confidence')),
                    ('refine r=inf, threshold 0.9', dict(refresh=0, threshold=0.9))):
     for gamma in (0.25, 0.5):
         dtr, res = time_generate(model, sample_batch, [(4, 1.0), (L, gamma, opts)])
         row(f'draft + {name} g={gamma}', sample_batch, dtr, res, ref=dtb)
 print("against the confidence-order draft (sample.py's default order):")
-for gamma in (0.25, 0.5):
-    dtr, res = time_generate(model, sample_batch, [(4, 1.0, dict(order='confidence')),
-                                                   (L, gamma, dict(order='confidence', steps=4, refresh=0))])
-    row(f'conf. draft + refine r=inf 4 steps g={gamma}', sample_batch, dtr, res, ref=dtc)
+for n in (2, 4):
+    for gamma in (0.25, 0.5):
+        dtr, res = time_generate(model, sample_batch, [(4, 1.0, dict(order='confidence')),
+                                                       (L, gamma, dict(order='confidence', steps=n, refresh=0))])
+        row(f'conf. draft + refine r=inf {n} steps g={gamma}', sample_batch, dtr, res, ref=dtc)
 
 if not skip_long:
     long_model = DiD(DiDConfig(vocab_size=vocab_size, **{**SHAPES[shape], 'seq_len': long_len})).to(device).eval()

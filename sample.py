@@ -10,7 +10,8 @@ masked); each later one remasks gamma of the generated tokens (chosen by --remas
 block size. "L" stands for the sequence length. A stage's options (default: --steps, --order, --threshold and
 --refresh) set its schedule, e.g. 4:1.0:steps=2 (two tokens per forward), L:0.25:threshold=0.9:refresh=8
 (every token above 0.9 confidence per forward; the fixed tokens' keys and values refreshed every 8 forwards);
-a bare third field is steps: 4:1.0:2.
+a bare third field is steps: 4:1.0:2. Each forward reveals the most confident masked position by default
+(--order=confidence); --order=random --nucleus=bd3lm is BD3-LM's sampler, with which the paper's numbers were made.
 """
 
 import contextlib
@@ -29,7 +30,8 @@ from did import (DiD, DiDConfig, Judge, Tokenizer, check_device, check_sampling,
 out_dir = 'out'                 # the training run whose ckpt.pt (EMA weights) to sample from
 num_samples = 4                 # how many sequences
 batch_size = 4                  # sequences generated together
-stages = '4:1.0,L:0.25'         # DiD's headline setting: draft B=4, then remask 25% and refine with one global block
+stages = '4:1.0,L:0.25:steps=4:refresh=0'  # draft B=4, then remask 25% and refine with one global block in 4 forwards that
+                                # reuse the fixed tokens' keys/values (README: Sampling schedules); the paper: 4:1.0,L:0.25
 remask = 'snapshot'             # snapshot (DiD), posthoc (score the finished draft once) or random
 steps = None                    # denoising steps per block (None: one token per step); these four are the defaults of every stage
 order = 'confidence'            # which masked positions a step reveals: confidence (the most probable draws first, LLaDA; more real words

@@ -440,6 +440,14 @@ def test_readme_quick_start_works_word_for_word(tmp_path):
                              env=dict(os.environ, OMP_NUM_THREADS='2'))
         assert out.returncode == 0, (cmd, out.stderr)
     assert 'refined, changed tokens in [brackets]' in out.stdout and out.stdout.count('--- sample') == 2
+    # the section's other commands (the real-word rate of 32 samples) work too
+    section = readme[readme.index('## Quick start'):]
+    section = section[:section.index('\n## ')]
+    more = [line for b in re.findall(r'```\n(.*?)```', section, re.S)[1:] for line in b.splitlines() if line.startswith('python ')]
+    assert more, 'the quick start reports a real-word rate with a command'
+    for cmd in more:
+        out = subprocess.run([sys.executable, *shlex.split(cmd)[1:]], cwd=tmp_path, capture_output=True, text=True)
+        assert out.returncode == 0 and 'real-word rate' in out.stdout, (cmd, out.stderr)
 
 
 def test_prepare_roundtrips_gpt2_with_eot_between_documents(tmp_path):
