@@ -1,5 +1,5 @@
 """
-The paper's protocol at toy scale, in one command, on characters (about 90 minutes on a 2-core CPU).
+The paper's protocol at toy scale, in one command, on characters (Tiny Shakespeare: about 50 minutes on a 2-core CPU).
 
 $ python ablate.py                                            # Tiny Shakespeare, from ../shared/data/text
 $ python ablate.py --text=../shared/data/text/gutenberg --out_dir=out-ablation-gutenberg   # every .txt in a folder
