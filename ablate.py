@@ -194,16 +194,16 @@ for i, seed in enumerate(seeds):
 # every draw above a threshold), and global refines that reuse the fixed tokens' keys and values (refresh r)
 sched = []
 if schedules:
-    s0, inf = seeds[0], 0  # refresh=0: the fixed tokens' keys/values from the stage's first forward, never refreshed
+    s0, never = seeds[0], 0  # refresh=0 (r=inf): the fixed tokens' keys/values from the stage's first forward only
     drafts = {'exact (1 token/forward)': '4:1.0', '1/forward, confidence': '4:1.0:order=confidence', '2/forward, random': '4:1.0:steps=2',
               '2/forward, confidence': '4:1.0:steps=2:order=confidence', '4/forward, confidence': '4:1.0:steps=1:order=confidence',
               'threshold 0.9': '4:1.0:threshold=0.9', 'threshold 0.7': '4:1.0:threshold=0.7'}
-    refines = {'exact (1 token/forward, r=1)': 'L:{g}', '1/forward, confidence, r=1': 'L:{g}:order=confidence', 'r=4': 'L:{g}:refresh=4', 'r=inf': f'L:{{g}}:refresh={inf}',
-               'r=inf, 8 steps, confidence': f'L:{{g}}:steps=8:order=confidence:refresh={inf}',
+    refines = {'exact (1 token/forward, r=1)': 'L:{g}', '1/forward, confidence, r=1': 'L:{g}:order=confidence', 'r=4': 'L:{g}:refresh=4', 'r=inf': f'L:{{g}}:refresh={never}',
+               'r=inf, 8 steps, confidence': f'L:{{g}}:steps=8:order=confidence:refresh={never}',
                'r=1, 4 steps, confidence': 'L:{g}:steps=4:order=confidence',
-               'r=inf, 4 steps, confidence': f'L:{{g}}:steps=4:order=confidence:refresh={inf}',
-               'r=inf, 2 steps, confidence': f'L:{{g}}:steps=2:order=confidence:refresh={inf}',
-               'r=inf, threshold 0.9': f'L:{{g}}:threshold=0.9:refresh={inf}'}
+               'r=inf, 4 steps, confidence': f'L:{{g}}:steps=4:order=confidence:refresh={never}',
+               'r=inf, 2 steps, confidence': f'L:{{g}}:steps=2:order=confidence:refresh={never}',
+               'r=inf, threshold 0.9': f'L:{{g}}:threshold=0.9:refresh={never}'}
     for name, d in drafts.items():
         row(s0, 'did', f'draft {name}', d, table=sched)
     for g in (0.25, 0.5):
@@ -288,7 +288,7 @@ try:
         fig.suptitle(f'sampling schedules of the DiD model ({num_samples} samples each): blue drafts, orange '
                      f'draft + refine γ=0.25, green γ=0.5')
         fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, 'schedules.png'), dpi=150)
+        fig.savefig(results[3], dpi=150)
 except ImportError:
     print("matplotlib is not installed: no plot (pip install matplotlib)")
 print(f"training seconds: {json.dumps(times)}")

@@ -511,7 +511,8 @@ def denoise(model, x, conf, block_size, gens, steps=None, top_p=0.9, temperature
             u = u.to(x.device)
             n_tok = block_size if cache is not None or block_size == L else end
             n_fwd += 1
-            if active is not None and (n_fwd - 1) % (refresh or n_fwd):  # the stage's positions alone, against cached keys/values
+            full = n_fwd == 1 or (refresh > 0 and (n_fwd - 1) % refresh == 0)  # refresh 0: the stage's first forward only
+            if active is not None and not full:  # the stage's positions alone, against cached keys/values
                 rcache.idx, n_tok = active, active.size(1)
                 ha = model.hidden(x.gather(1, active), active, cache=rcache)  # (B, M, C)
                 h = ha.new_zeros(B, L, ha.size(-1)).scatter_(1, active[..., None].expand_as(ha), ha)

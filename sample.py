@@ -178,6 +178,7 @@ if out:
 elif not show and not eval:
     for i, s in enumerate(samples):
         print(f"\n--- sample {i}\n{s['text']}")
+rates, rwr = [], float('nan')
 if words_from:  # the share of each sample's words (lowercased runs of letters) that occur in words_from
     vocab = set(words(open(words_from, encoding='utf-8').read()))
     rates = [r for r in (real_word_rate(s['text'].replace('<|endoftext|>', ' '), vocab) for s in samples) if r == r]
@@ -190,7 +191,6 @@ if eval:  # BD3-LM's protocol: decode, re-encode with the judge's tokenizer, sco
     sem = std / n_ok ** 0.5 if n_ok else float('nan')
     nfe = sum(st['nfe'] + st['cache_passes'] for st in totals) / num_samples
     tf = sum(st['token_forwards'] for st in totals) / num_samples
-    rates, rwr = (rates, rwr) if words_from else ([], float('nan'))
     gammas = ','.join(f"{g}" for _, g, *_ in stage_list[1:]) or '-'
     print("| stages | remask | gamma | Gen PPL (mean ± s.e.) | token-weighted | entropy | real words | forwards | token-forwards | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|")
