@@ -929,8 +929,8 @@ def unigram_entropy(ids):
 
 
 def words(text):
-    """The words of a text for the real-word rate: lowercased runs of letters."""
-    return re.findall(r'[a-z]+', text.lower())
+    """The words of a text for the real-word rate: lowercased runs of letters (a sample's <|endoftext|> is not one)."""
+    return re.findall(r'[a-z]+', text.replace('<|endoftext|>', ' ').lower())
 
 
 def real_word_rate(text, vocab):

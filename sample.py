@@ -181,9 +181,10 @@ elif not show and not eval:
 rates, rwr = [], float('nan')
 if words_from:  # the share of each sample's words (lowercased runs of letters) that occur in words_from
     vocab = set(words(open(words_from, encoding='utf-8').read()))
-    rates = [r for r in (real_word_rate(s['text'].replace('<|endoftext|>', ' '), vocab) for s in samples) if r == r]
+    rates = [r for r in (real_word_rate(s['text'], vocab) for s in samples) if r == r]
     rwr = sum(rates) / len(rates) if rates else float('nan')
-    print(f"real-word rate {rwr:.3f} (mean over {len(rates)} samples; words of {words_from})")
+    sem = (sum((r - rwr) ** 2 for r in rates) / (len(rates) - 1) / len(rates)) ** 0.5 if len(rates) > 1 else float('nan')
+    print(f"real-word rate {rwr:.3f} ± {sem:.3f} (mean ± s.e. over {len(rates)} samples; words of {words_from})")
 
 if eval:  # BD3-LM's protocol: decode, re-encode with the judge's tokenizer, score; no low-entropy rejection
     (mean, std, weighted, per), ent = jd.score([s['text'] for s in samples], L)

@@ -798,9 +798,9 @@ def test_sample_py_end_to_end(tiny_run):
     rated = subprocess.run(cmd[:-3] + ['--words_from=w.txt', '--out=s.jsonl', '--overwrite=True'], cwd=tmp_path,
                            capture_output=True, text=True)
     vocab = set(words((tmp_path / 'w.txt').read_text()))
-    want = np.mean([real_word_rate(json.loads(line)['text'].replace('<|endoftext|>', ' '), vocab)
-                    for line in open(tmp_path / 's.jsonl')])
-    assert rated.returncode == 0 and f"real-word rate {want:.3f} (mean over 3 samples" in rated.stdout, rated.stdout
+    rates = [real_word_rate(json.loads(line)['text'], vocab) for line in open(tmp_path / 's.jsonl')]
+    want = f"real-word rate {np.mean(rates):.3f} ± {np.std(rates, ddof=1) / np.sqrt(3):.3f} (mean ± s.e. over 3 samples"
+    assert rated.returncode == 0 and want in rated.stdout, rated.stdout
 
 
 # -----------------------------------------------------------------------------
@@ -894,6 +894,7 @@ def test_real_word_rate_by_hand():
     assert vocab == {'to', 'be', 'or', 'not', 'that', 'is', 'the', 'question', 'whether', 'tis', 'nobler'}
     # words: to, be, xq, the, qvestion, nobler, o, tis -> 5 of 8 are real (xq, qvestion, o are not)
     assert real_word_rate("TO be, xq!the QVESTION--nobler o'tis 42", vocab) == 5 / 8
+    assert real_word_rate("<|endoftext|>To be<|endoftext|>xq", vocab) == 2 / 3  # the EOT token's letters are no word
     assert math.isnan(real_word_rate("123 ... !", vocab))
 
 
