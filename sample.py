@@ -17,6 +17,7 @@ a bare third field is steps: 4:1.0:2. Each forward reveals the most confident ma
 import contextlib
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -183,8 +184,8 @@ if words_from:  # the share of each sample's words (lowercased runs of letters) 
     vocab = set(words(open(words_from, encoding='utf-8').read()))
     rates = [r for r in (real_word_rate(s['text'], vocab) for s in samples) if r == r]
     rwr = sum(rates) / len(rates) if rates else float('nan')
-    sem = (sum((r - rwr) ** 2 for r in rates) / (len(rates) - 1) / len(rates)) ** 0.5 if len(rates) > 1 else float('nan')
-    print(f"real-word rate {rwr:.3f} ± {sem:.3f} (mean ± s.e. over {len(rates)} samples; words of {words_from})")
+    rwr_sem = statistics.stdev(rates) / len(rates) ** 0.5 if len(rates) > 1 else float('nan')
+    print(f"real-word rate {rwr:.3f} ± {rwr_sem:.3f} (mean ± s.e. over {len(rates)} samples; words of {words_from})")
 
 if eval:  # BD3-LM's protocol: decode, re-encode with the judge's tokenizer, score; no low-entropy rejection
     (mean, std, weighted, per), ent = jd.score([s['text'] for s in samples], L)

@@ -440,7 +440,7 @@ def test_readme_quick_start_works_word_for_word(tmp_path):
                              env=dict(os.environ, OMP_NUM_THREADS='2'))
         assert out.returncode == 0, (cmd, out.stderr)
     assert 'refined, changed tokens in [brackets]' in out.stdout and out.stdout.count('--- sample') == 2
-    # the section's other commands (the real-word rate of 32 samples) work too
+    # the section's other commands (the real-word rate of 64 samples) work too
     section = readme[readme.index('## Quick start'):]
     section = section[:section.index('\n## ')]
     more = [line for b in re.findall(r'```\n(.*?)```', section, re.S)[1:] for line in b.splitlines() if line.startswith('python ')]
