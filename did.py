@@ -200,8 +200,10 @@ class DiD(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# attention masks (True = may attend)
+# attention masks (True = may attend). Built eagerly, once, and cached: under torch.compile they stay outside
+# the graph (traced in, they would be rebuilt every step, and inductor's CPU codegen fails on their boolean algebra)
 
+@torch.compiler.disable
 @lru_cache(maxsize=16)
 def block_diff_mask(L, block_size, device='cpu'):
     """The 2L x 2L training mask of BD3-LM (its eq. for M_full) for input [x_t ; x_0], built once per block size.
@@ -217,6 +219,7 @@ def block_diff_mask(L, block_size, device='cpu'):
     return bd | obc | bc           # (2L, 2L); the clean copy never sees the noisy copy
 
 
+@torch.compiler.disable
 @lru_cache(maxsize=16)
 def flex_block_mask(L, block_size, device='cuda'):
     """block_diff_mask as a FlexAttention BlockMask (built once per block size). About a quarter of the 2L x 2L
@@ -241,6 +244,7 @@ def compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
+@torch.compiler.disable
 @lru_cache(maxsize=16)
 def block_causal_mask(L, block_size, device='cpu'):
     """The clean-copy part of block_diff_mask alone, (L, L): the uncached sampler's mask."""
