@@ -1059,7 +1059,7 @@ def test_compiled_loss_matches_eager():
     """train.py's --compile=True path: the torch.compiled model gives the eager loss and gradients at block
     size 4 (it used to crash on the CPU, in inductor's code for the mask, which was traced into the graph).
     Cold, this compiles for ~30 s on a 2-core CPU, so one block size only (B = L is the plain transformer)."""
-    model = tiny_model(L=16).float()
+    model = tiny_model(L=16, n_layer=1).float()
     g = torch.Generator().manual_seed(0)
     x0 = torch.randint(0, 39, (2, 16), generator=g)
     x_t, t = add_noise(x0, 4, 39, generator=g)
