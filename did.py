@@ -28,8 +28,9 @@ import json
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, wraps
 
 import torch
 import torch.nn as nn
@@ -203,7 +204,21 @@ class DiD(nn.Module):
 # attention masks (True = may attend). Built eagerly, once, and cached: under torch.compile they stay outside
 # the graph (traced in, they would be rebuilt every step, and inductor's CPU codegen fails on their boolean algebra)
 
-@torch.compiler.disable
+def eager(fn):
+    """torch.compiler.disable(fn), made on the first call after something imported dynamo (torch.compile does):
+    the decorator itself imports dynamo, which would add a second to the start of every script."""
+    disabled = []
+    @wraps(fn)
+    def wrapper(*args):
+        if 'torch._dynamo' not in sys.modules:
+            return fn(*args)
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args)
+    return wrapper
+
+
+@eager
 @lru_cache(maxsize=16)
 def block_diff_mask(L, block_size, device='cpu'):
     """The 2L x 2L training mask of BD3-LM (its eq. for M_full) for input [x_t ; x_0], built once per block size.
@@ -219,7 +234,7 @@ def block_diff_mask(L, block_size, device='cpu'):
     return bd | obc | bc           # (2L, 2L); the clean copy never sees the noisy copy
 
 
-@torch.compiler.disable
+@eager
 @lru_cache(maxsize=16)
 def flex_block_mask(L, block_size, device='cuda'):
     """block_diff_mask as a FlexAttention BlockMask (built once per block size). About a quarter of the 2L x 2L
@@ -244,7 +259,7 @@ def compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
-@torch.compiler.disable
+@eager
 @lru_cache(maxsize=16)
 def block_causal_mask(L, block_size, device='cpu'):
     """The clean-copy part of block_diff_mask alone, (L, L): the uncached sampler's mask."""
