@@ -207,14 +207,15 @@ class DiD(nn.Module):
 def eager(fn):
     """torch.compiler.disable(fn), made on the first call after something imported dynamo (torch.compile does):
     the decorator itself imports dynamo, which would add a second to the start of every script."""
-    disabled = []
+    disabled = None
     @wraps(fn)
     def wrapper(*args):
-        if 'torch._dynamo' not in sys.modules:
+        nonlocal disabled
+        if 'torch._dynamo' not in sys.modules:  # nothing is compiling in this process
             return fn(*args)
-        if not disabled:
-            disabled.append(torch.compiler.disable(fn))
-        return disabled[0](*args)
+        if disabled is None:
+            disabled = torch.compiler.disable(fn)
+        return disabled(*args)
     return wrapper
 
 
