@@ -1,26 +1,31 @@
 """
-The paper's protocol at toy scale, in one command, on characters (on a 2-core CPU: Tiny Shakespeare 83 minutes, the Gutenberg books 76).
+The paper's protocol at toy scale, in one command, on characters, with the paper's proportions.
 
-$ python ablate.py                                            # Tiny Shakespeare, from ../shared/data/text
-$ python ablate.py --text=../shared/data/text/gutenberg --learning_rate=1e-3 --out_dir=out-ablation-gutenberg   # every .txt in a folder
-$ python ablate.py --out_dir=ablation --overwrite=True        # remake the committed tables
+$ python ablate.py                                               # Tiny Shakespeare (downloaded into data/ once)
+$ python ablate.py --text=books/ --learning_rate=1e-3 --out_dir=out-ablation-books   # any .txt file, or a folder of them
+$ python ablate.py --out_dir=ablation --overwrite=True           # remake the committed tables
 
-As in the paper, nobody trains DiD from scratch:
-  1. pretrain a global model (block size L: MDLM) for pretrain_iters;
-  2. from it, fine-tune the baseline (BD3-LM: block 4 only) for finetune_iters, DiD (mix-scale blocks) for
-     budget_frac * finetune_iters (the paper's 26%) and, for an equal-budget comparison, for finetune_iters;
+As in the paper, nobody trains DiD from scratch, and the budgets keep the paper's proportions:
+  1. pretrain one global model (block size L: MDLM) for P = 5.7 F iterations (BD3-LM's public 850K-step pretrain);
+  2. from it, for each seed, fine-tune the baseline (BD3-LM: block 4 only) for F iterations (BD3-LM: 150K steps),
+     DiD (mix-scale blocks) for 0.26 F (the paper's 26%), and a block-4-only model for 0.26 F (the paper's "small
+     blocks only" arm: mix-scale's role at DiD's budget); for the first seed also DiD for F (an equal budget);
   3. train a causal AR judge on the same characters;
-  4. evaluate: validation NELBO at B=4 and B=L; samples (sample.py --eval) for the drafts, DiD's refine with
-     snapshot / posthoc / random remasking at each gamma, the baseline + refine; every row reports Gen PPL under
-     the AR judge (mean ± standard error), entropy, real-word rate, forward passes and wall time;
-  5. sample the DiD model under the faster schedules of did.denoise (several tokens per forward, confidence order,
-     thresholds, refines that reuse the fixed tokens' keys and values);
-  6. write results.json, results.md, pareto.png and schedules.png into out_dir.
-The headline rows (baseline draft, DiD draft and refine) are repeated for every seed in `seeds`.
+  4. evaluate: validation NELBO at B=4 and B=L; for the headline samplers (each model's draft, and draft + snapshot
+     refine) in random and confidence order, a temperature sweep: Gen PPL under the judge against entropy, one
+     curve per sampler, read off at the entropy of real validation text and at that of the baseline's draft at
+     temperature 1 (Gen PPL rewards low entropy: only rows at one entropy compare fairly); at temperature 1,
+     snapshot / posthoc / random remasking at each gamma;
+  5. write results.json, results.md, frontier.png and pareto.png (and schedules.png) into out_dir.
 Every run folder is named by a hash of its settings and data: a rerun reuses only what was made with the same
-settings (an interrupted run resumes where it stopped), and results already in out_dir are never replaced
-unless --overwrite=True.
+settings (an interrupted run resumes where it stopped, rows already scored are kept), and results already in
+out_dir are never replaced unless --overwrite=True. Progress, with an estimate of the time left, is printed as
+it runs; each step's full output is in out_dir/<step>.log.
 """
+
+import signal
+import sys
+signal.signal(signal.SIGINT, lambda *_: sys.exit("error: interrupted: run the same command again to continue where it stopped"))
 
 import glob
 import hashlib
@@ -29,63 +34,176 @@ import math
 import os
 import re
 import subprocess
-import sys
 import time
+import urllib.request
 
 import numpy as np
 
-from did import Judge, configure, real_word_rate, words
+from configurator import configure, fail
+from judge import Judge, boot_se, matched_entropy, real_word_rate, words
 
 # -----------------------------------------------------------------------------
-text = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared', 'data', 'text', 'tinyshakespeare.txt')  # a file, or a folder of .txt files
+text = ''                       # a text file, or a folder of .txt files; '' = Tiny Shakespeare, fetched into data/tinyshakespeare/input.txt
 out_dir = 'out-ablation'        # data, runs, rows and results go here
-overwrite = False               # replace results.json/.md/pareto.png already in out_dir
+overwrite = False               # replace results.json/.md and the plots already in out_dir
 seq_len = 256                   # L
 n_layer = 4                     # every model has this shape
 n_head = 4
 n_embd = 128
+dropout = 0.1                   # residual dropout in every run (BD3-LM's 0.1): the pretrain then transfers to B=4 (val NELBO 2.21 against 2.47; ablation/README.md)
 batch_size = 8                  # batch 8 at lr 3e-3 learned the most per CPU-second of what we tried (batch 16, lr 2e-3)
-learning_rate = 3e-3            # every run; the Gutenberg books need 1e-3 (pretrain val NELBO at B=L: 2.34; 2e-3: 2.64; 3e-3: ~3, a plateau)
-warmup_iters = 100
+learning_rate = 3e-3            # every run; the Gutenberg books need 1e-3 (at 3e-3 the pretrain sat on a plateau near 3 nats/char)
+warmup_iters = 100              # the pretrain's; a fine-tune warms up for BD3-LM's 2500 steps scaled as its budget is, 2500 F / 150K
 decay_lr = True                 # cosine to lr / 10 in every run (each fine-tune warms up again from its fresh optimizer)
 ema_decay = 0.999
-pretrain_iters = 2000           # global (B = L) pretraining
-finetune_iters = 3000           # the baseline's fine-tuning budget (BD3-LM: 150K steps); its drafts' real words: 0.75 at 1,000, 0.83 at 3,000, 0.85 at 4,000 (~96 min)
-budget_frac = 0.26              # DiD's share of it (the paper: 26%)
+finetune_iters = 600            # F, the baseline's fine-tuning budget (BD3-LM: 150K steps); the whole command's ~90 minutes allow this
+pretrain_iters = None           # P; None: round(5.7 F), BD3-LM's 850K pretraining steps to its 150K fine-tuning steps
+budget_frac = 0.26              # DiD's share of F, and the block-4-only arm's (the paper: 26%)
 block_mix = 0.9                 # DiD's probability of block 4; the rest goes to the whole sequence (paper: lambda = 0.1)
 judge_iters = 2000              # the AR judge
-num_samples = 64                # samples per table row
-gammas = [0.1, 0.25, 0.5]       # remask ratios of the refine rows
-seeds = [1337, 1338]            # training seeds; the first gets every row, the others the headline rows
+num_samples = 64                # samples per table row (the same sample seeds in every row)
+gamma = 0.25                    # the headline refine's remask ratio
+gammas = [0.1, 0.25, 0.5]       # remask ratios of the snapshot / posthoc / random rows (temperature 1)
+temperatures = {'random': [0.8, 1.0, 1.2, 1.4, 1.6, 1.8], 'confidence': [1.0, 1.5, 2.0, 2.5, 3.0]}  # each order's sweep: it must
+                                # bracket real text's entropy, which confidence order reaches only when hot (ablation/README.md)
+seeds = [1337, 1338]            # training seeds; every seed gets the headline curves, the first also every other row
 sample_seed = 1337
 train_only = False              # stop once every model is trained (evaluate later by running the same command)
-schedules = True                # also sample the DiD model under the faster schedules (schedules.png: quality against wall time)
+schedules = False               # also sample the DiD model under the faster schedules of sample.py (schedules.png)
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
 here = os.path.dirname(os.path.abspath(__file__))
+TINY_SHAKESPEARE = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+
+
+# every setting is checked before anything is trained, one line per mistake
+def check(ok, msg):
+    if not ok:
+        fail(msg)
+
+
+def numbers(xs, lo, hi):
+    return isinstance(xs, (list, tuple)) and len(xs) > 0 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                                 and lo < x <= hi for x in xs)
+
+
+for k in ('seq_len', 'n_layer', 'n_head', 'n_embd', 'batch_size', 'finetune_iters', 'judge_iters'):
+    check(isinstance(globals()[k], int) and globals()[k] > 0, f"--{k}={globals()[k]} must be a positive integer")
+check(pretrain_iters is None or isinstance(pretrain_iters, int) and pretrain_iters > 0,
+      f"--pretrain_iters={pretrain_iters} must be a positive integer, or None for 5.7 x finetune_iters")
+P = round(5.7 * finetune_iters) if pretrain_iters is None else pretrain_iters
+small_iters = round(budget_frac * finetune_iters) if isinstance(budget_frac, (int, float)) else 0
+check(isinstance(budget_frac, (int, float)) and 0 < budget_frac <= 1 and small_iters >= 1,
+      f"--budget_frac={budget_frac} must be in (0, 1] and leave at least one iteration of finetune_iters={finetune_iters}")
+check(isinstance(block_mix, (int, float)) and 0 < block_mix < 1,
+      f"--block_mix={block_mix} is DiD's probability of block 4 and must lie strictly between 0 and 1 (the paper: 0.9)")
+check(seq_len % 4 == 0 and seq_len > 4, f"--seq_len={seq_len} must be a multiple of 4 (the drafting block) above 4")
+check(n_embd % n_head == 0 and (n_embd // n_head) % 2 == 0, f"--n_embd={n_embd} must split into --n_head={n_head} heads of an even size")
+check(isinstance(learning_rate, (int, float)) and learning_rate > 0, f"--learning_rate={learning_rate} must be positive")
+check(isinstance(warmup_iters, int) and warmup_iters >= 0, f"--warmup_iters={warmup_iters} must be an integer >= 0")
+check(0 <= ema_decay < 1 and 0 <= dropout < 1, f"--ema_decay={ema_decay} and --dropout={dropout} must lie in [0, 1)")
+check(isinstance(num_samples, int) and num_samples >= 2, f"--num_samples={num_samples} must be an integer >= 2 (standard errors)")
+check(numbers([gamma], 0, 1), f"--gamma={gamma} must be a remask ratio in (0, 1]")
+check(numbers(gammas, 0, 1), f"--gammas={gammas} must be a list of remask ratios in (0, 1], e.g. [0.1, 0.25, 0.5]")
+check(isinstance(temperatures, dict) and set(temperatures) == {'random', 'confidence'} and
+      all(numbers(ts, 0, 10) and 1.0 in ts and list(ts) == sorted(set(ts)) for ts in temperatures.values()),
+      f"--temperatures={temperatures} must give each order, random and confidence, increasing temperatures > 0 that "
+      f"include 1 (the paper's), e.g. {{'random': [1.0, 1.2], 'confidence': [1.0, 2.0]}}")
+check(isinstance(seeds, (list, tuple)) and seeds and all(isinstance(s, int) for s in seeds) and len(set(seeds)) == len(seeds),
+      f"--seeds={seeds} must be a list of distinct integers, e.g. [1337, 1338]")
+check(isinstance(sample_seed, int), f"--sample_seed={sample_seed} must be an integer")
+check(not os.path.isfile(out_dir), f"--out_dir={out_dir} is a file: pick a folder name")
+results = [os.path.join(out_dir, f) for f in ('results.json', 'results.md', 'frontier.png', 'pareto.png', 'schedules.png')]
+check(overwrite or not any(map(os.path.exists, results)),
+      f"{out_dir} already holds results: pick a new --out_dir, or pass --overwrite=True to remake them")
+try:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+except ImportError:
+    plt = None
+    print("matplotlib is not installed: tables only, no plots (pip install matplotlib)")
+
+# the text: a file, a folder of .txt files, or Tiny Shakespeare, fetched once as nanoGPT's shakespeare_char does
+if not text:
+    text = os.path.join('data', 'tinyshakespeare', 'input.txt')
+    if not os.path.exists(text):
+        print(f"downloading Tiny Shakespeare to {text}")
+        try:
+            with urllib.request.urlopen(TINY_SHAKESPEARE, timeout=30) as r:
+                data = r.read()
+            os.makedirs(os.path.dirname(text), exist_ok=True)
+            open(text + '.tmp', 'wb').write(data)
+            os.replace(text + '.tmp', text)
+        except OSError as e:
+            fail(f"could not download Tiny Shakespeare ({type(e).__name__}; offline?): save {TINY_SHAKESPEARE} as "
+                 f"{text}, or pass --text=FILE_OR_FOLDER")
 files = sorted(glob.glob(os.path.join(text, '*.txt'))) if os.path.isdir(text) else [text]
-if not files or not all(os.path.isfile(f) for f in files):
-    raise SystemExit(f"error: --text={text} is not a text file or a folder of .txt files")
-results = [os.path.join(out_dir, f) for f in ('results.json', 'results.md', 'pareto.png', 'schedules.png')]
-if any(map(os.path.exists, results)) and not overwrite:
-    raise SystemExit(f"error: {out_dir} already holds results: pick a new --out_dir, or pass --overwrite=True to remake them")
-os.makedirs(out_dir, exist_ok=True)
+check(files and all(os.path.isfile(f) for f in files), f"--text={text} is not a text file or a folder of .txt files")
+try:
+    os.makedirs(out_dir, exist_ok=True)
+    open(os.path.join(out_dir, '.write_test'), 'w').close()
+    os.remove(os.path.join(out_dir, '.write_test'))
+except OSError as e:
+    fail(f"cannot write to --out_dir={out_dir} ({e.strerror}): pick a folder you can write to")
+
+
+def write_json(obj, path):
+    """Whole or not at all: a Ctrl-C never leaves a half-written file that a rerun would take for a finished one."""
+    json.dump(obj, open(path + '.tmp', 'w'))
+    os.replace(path + '.tmp', path)
 
 
 def key(*parts):
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
 
 
+SHOW = re.compile(r'(iter \d+:|step \d+:|noise search|stage B=|\d+ samples in|error)')  # the lines worth echoing
+
+
 def run(script, *args, log=None):
-    """Run one of our scripts in out_dir; its output goes to log (and a failure stops everything with its tail)."""
+    """Run one of our scripts in out_dir, its progress echoed as it comes and all of its output in out_dir/log.
+    A failure (or Ctrl-C) stops everything with the child's last line; a rerun continues where it stopped."""
     cmd = [sys.executable, os.path.join(here, script), *map(str, args)]
-    t0 = time.time()
-    out = subprocess.run(cmd, cwd=out_dir, capture_output=True, text=True)
-    if log:
-        open(os.path.join(out_dir, log), 'w').write(out.stdout + out.stderr)
-    if out.returncode:
-        raise SystemExit(f"error: {script} {' '.join(map(str, args))} failed: {(out.stderr or out.stdout).strip().splitlines()[-1]}")
-    return out.stdout, time.time() - t0
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    lines = []
+    with open(os.path.join(out_dir, log or os.devnull), 'w') as f:
+        p = subprocess.Popen(cmd, cwd=out_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            for line in p.stdout:
+                lines.append(line)
+                f.write(line)
+                if SHOW.match(line):
+                    print('    ' + line.rstrip()[:160], flush=True)
+            p.wait()
+        except KeyboardInterrupt:
+            p.wait()  # train.py saves its checkpoint on the same Ctrl-C
+            fail(f"interrupted during {script}: run the same command again to continue where it stopped")
+    if p.returncode:
+        last = next((s.strip() for s in reversed(lines) if s.strip()), '(no output)')
+        fail(f"{script} {' '.join(map(str, args))[:300]} failed: {last}")
+    return ''.join(lines)
+
+
+# progress: each step's cost estimated in seconds on a 2-core CPU at the default shape, rescaled as steps finish
+size = n_layer * n_embd ** 2 / (4 * 128 ** 2) * seq_len / 256
+done = {'est': 0.0, 'secs': 0.0}
+t_start = time.time()
+
+
+def step(label, est, k, n):
+    spent = time.time() - t_start
+    rate = done['secs'] / done['est'] if done['est'] else 1.0
+    print(f"[{k}/{n}] {label} (elapsed {spent / 60:.0f} min, about {rate * remaining[0] / 60:.0f} min left)", flush=True)
+
+
+def finished(est, t0):
+    done['est'] += est
+    done['secs'] += time.time() - t0
+    remaining[0] -= est
+
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # from here a Ctrl-C lets the running step save, then stops
 
 
 # 1. the data, as characters, in a folder named by its content
@@ -94,201 +212,289 @@ dataset = f'text-{data_key}'
 if not os.path.exists(os.path.join(out_dir, 'data', dataset, 'meta.json')):
     run('prepare_owt.py', '--input', *map(os.path.abspath, files), '--tokenizer=char', f'--out_dir=data/{dataset}')
 meta = json.load(open(os.path.join(out_dir, 'data', dataset, 'meta.json')))
-train_text = ''.join(meta['chars'][i] if i < len(meta['chars']) else ' ' for i in
-                     np.fromfile(os.path.join(out_dir, 'data', dataset, 'train.bin'), dtype=np.uint16))
+train_ids = np.fromfile(os.path.join(out_dir, 'data', dataset, 'train.bin'), dtype=np.uint16)
+val = np.fromfile(os.path.join(out_dir, 'data', dataset, 'val.bin'), dtype=np.uint16)
+check(min(len(train_ids), len(val)) > seq_len, f"--text has too little text for --seq_len={seq_len}: use more text or a smaller seq_len")
+train_text = ''.join(meta['chars'][i] if i < len(meta['chars']) else ' ' for i in train_ids)
 vocab = set(words(train_text))  # the real words: those of the training split
 words_path = os.path.join(out_dir, 'data', dataset, 'train_words.txt')
 if not os.path.exists(words_path):
     open(words_path, 'w').write('\n'.join(sorted(vocab)))
 
-# 2.-3. the models: each in a folder named by its settings; finished ones are reused, interrupted ones resumed
-times = {}
+# 2.-3. the models: each in a folder named by its settings (and its parent's); finished ones are reused
 common = dict(dataset=dataset, tokenizer='char', seq_len=seq_len, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-              batch_size=batch_size, total_batch_size=batch_size * seq_len, learning_rate=learning_rate,
+              dropout=dropout, batch_size=batch_size, total_batch_size=batch_size * seq_len, learning_rate=learning_rate,
               warmup_iters=warmup_iters, decay_lr=decay_lr, ema_decay=ema_decay, eval_iters=16, log_interval=100, device='cpu',
               compile=False, eval_block_sizes=[4, seq_len], noise_clip={4: (0.5, 1.0)})
+mix = {4: block_mix, seq_len: round(1 - block_mix, 6)}
+arms = []  # (role, seed, iterations, folder, its train.py settings, the folder it starts from)
 
 
-def train(name, seed, iters, init=None, **kw):
-    """Train (or reuse, or resume) one model; returns its folder, relative to out_dir."""
-    args = dict(common, seed=seed, max_iters=iters, eval_interval=iters, **kw)
-    folder = f"{name}-{key(data_key, args, init)}"
-    ckpt = os.path.join(out_dir, folder, 'ckpt.pt')
-    timing = os.path.join(out_dir, folder, 'seconds.json')
-    if os.path.exists(timing):
-        print(f"reusing {folder}", flush=True)
-    else:
-        print(f"training {folder} ({iters} iterations{f', from {init}' if init else ''})", flush=True)
-        how = ['--init_from=resume'] if os.path.exists(ckpt) else ([f'--init_from=run:{init}'] if init else [])
-        _, dt = run('train.py', *[f'--{k}={v}' for k, v in args.items()], f'--out_dir={folder}', *how, log=f'{folder}.log')
-        json.dump(dt, open(timing, 'w'))  # written last: the folder holds a finished run
-    times[folder] = json.load(open(timing))
+def arm(role, seed, iters, init=None, **kw):
+    args = {**common, 'seed': seed, 'max_iters': iters, 'eval_interval': iters, **kw}
+    folder = f"{role}-{key(data_key, args, init)}"
+    arms.append((role, seed, iters, folder, args, init))
     return folder
 
 
+ft_warmup = max(1, round(2500 / 150_000 * finetune_iters))
 models = {}
+pre = arm('pretrain', seeds[0], P, block_mix={seq_len: 1.0})  # one pretrain, as the paper starts from one public model
 for i, seed in enumerate(seeds):
-    pre = train('pretrain', seed, pretrain_iters, block_mix={seq_len: 1.0})
-    models[seed] = dict(pretrain=pre,
-                        baseline=train('baseline', seed, finetune_iters, pre, block_mix={4: 1.0}),
-                        did=train('did', seed, round(budget_frac * finetune_iters), pre,
-                                  block_mix={4: block_mix, seq_len: round(1 - block_mix, 6)}))
+    ft = dict(warmup_iters=ft_warmup)
+    models[seed] = dict(pretrain=pre, baseline=arm('baseline', seed, finetune_iters, pre, block_mix={4: 1.0}, **ft),
+                        did=arm('did', seed, small_iters, pre, block_mix=mix, **ft),
+                        small=arm('small', seed, small_iters, pre, block_mix={4: 1.0}, **ft))
     if i == 0:
-        models[seed]['did_equal'] = train('did_equal', seed, finetune_iters, pre,
-                                          block_mix={4: block_mix, seq_len: round(1 - block_mix, 6)})
-judge = train('judge', seeds[0], judge_iters, causal=True, block_mix={4: 1.0})
+        models[seed]['did_equal'] = arm('did_equal', seed, finetune_iters, pre, block_mix=mix, **ft)
+judge = arm('judge', seeds[0], judge_iters, causal=True, block_mix={4: 1.0})
 judge_ckpt = os.path.join(judge, 'ckpt.pt')
+
+
+def train_est(args):
+    cost = sum(p * (1.0 if b == seq_len else 2.05) for b, p in args['block_mix'].items()) if not args.get('causal') else 0.96
+    return args['max_iters'] * 0.23 * cost * size * batch_size / 8
+
+
+# 4. the rows: (seed, model, label, stages, remask, order, temperature), each one sample.py --eval call
+G = f'L:{gamma}'
+headline = {'draft': '4:1.0', 'draft + refine': f'4:1.0,{G}'}  # stages of each headline sampler
+curves = [(seed, role, name, order) for seed in seeds for order in ('random', 'confidence')
+          for role in ('baseline', 'did', 'small') for name in headline if (role, name) != ('baseline', 'draft + refine')]
+plan = [(s, role, f'{name}, {order} order, T={T:g}', headline[name], 'snapshot', order, T)
+        for s, role, name, order in curves for T in temperatures[order]]
+s0 = seeds[0]
+plan += [(s0, 'baseline', 'draft + refine, random order, T=1', headline['draft + refine'], 'snapshot', 'random', 1.0)]
+plan += [(s0, 'did', f'{remask} refine γ={g}, random order, T=1', f'4:1.0,L:{g}', remask, 'random', 1.0)
+         for remask in ('snapshot', 'posthoc', 'random') for g in gammas]
+plan += [(s0, 'did_equal', f'{name}, random order, T=1', st, 'snapshot', 'random', 1.0) for name, st in headline.items()]
+if schedules:  # the faster schedules of sample.py on the DiD model (one token per forward is the exact sampler)
+    never = 0  # refresh=0: the fixed tokens' keys/values from the refine's first forward only
+    for lbl, st in {'draft 2/forward': '4:1.0:steps=2', 'draft threshold 0.9': '4:1.0:threshold=0.9',
+                    'refine 4 forwards': f'4:1.0,{G}:steps=4:refresh={never}',
+                    'refine 4 forwards, r=1': f'4:1.0,{G}:steps=4', 'refine r=4': f'4:1.0,{G}:refresh=4',
+                    'refine r=inf': f'4:1.0,{G}:refresh={never}',
+                    'refine threshold 0.9, r=inf': f'4:1.0,{G}:threshold=0.9:refresh={never}'}.items():
+        plan.append((s0, 'did', f'schedule: {lbl}, confidence order, T=1', st, 'snapshot', 'confidence', 1.0))
+plan = list(dict.fromkeys(plan))  # a row asked for twice is sampled once
+
+
+def row_est(stages):
+    g = sum(float(s.split(':')[1]) for s in stages.split(',')[1:])
+    return 5 + (5 + 165 * g * seq_len / 256) * num_samples / 64 * size
+
+
+remaining = [sum(train_est(a[4]) for a in arms) + sum(row_est(r[3]) for r in plan) + 60]
+n_steps = len(arms) + (0 if train_only else len(plan) + 1)
+print(f"protocol: pretrain P={P}, fine-tunes F={finetune_iters} (baseline, DiD equal budget) and {small_iters} (DiD, "
+      f"block-4 only), {ft_warmup} warmup; {len(seeds)} seeds; {len(plan)} sampled rows of {num_samples}; {n_steps} steps", flush=True)
+times = {}
+for k, (role, seed, iters, folder, args, init) in enumerate(arms, 1):
+    ckpt, timing, est = os.path.join(out_dir, folder, 'ckpt.pt'), os.path.join(out_dir, folder, 'seconds.json'), train_est(args)
+    if os.path.exists(timing):
+        print(f"reusing {folder}", flush=True)
+        remaining[0] -= est
+    else:
+        step(f"training {folder} ({iters} iterations{f', from {init}' if init else ''})", est, k, n_steps)
+        how = ['--init_from=resume'] if os.path.exists(ckpt) else ([f'--init_from=run:{init}'] if init else [])
+        t0 = time.time()
+        run('train.py', *[f'--{a}={v}' for a, v in args.items()], f'--out_dir={folder}', *how, log=f'{folder}.log')
+        write_json(time.time() - t0, timing)  # written last: the folder holds a finished run
+        finished(est, t0)
+    times[folder] = json.load(open(timing))
 if train_only:
     print(f"trained, seconds: {json.dumps(times)}")
     sys.exit(0)
 
-# 4. evaluation
 nelbos = {}
-for seed, ms in models.items():
-    for role, folder in ms.items():
-        out, _ = run('train.py', f'--out_dir={folder}', '--init_from=resume', '--eval_only=True', '--eval_iters=64',
-                     f'--eval_block_sizes=[4, {seq_len}]')
-        nelbos[folder] = {k: float(v) for k, v in re.findall(r'(val/nelbo_B\d+): ([\d.]+)', out)}
-
-rows = []
+for folder in dict.fromkeys(f for ms in models.values() for f in ms.values()):
+    out = run('train.py', f'--out_dir={folder}', '--init_from=resume', '--eval_only=True', '--eval_iters=64',
+              f'--eval_block_sizes=[4, {seq_len}]')
+    nelbos[folder] = {k: float(v) for k, v in re.findall(r'(val/nelbo_B\d+): ([\d.]+)', out)}
+judge_nelbo = float(re.search(r'val/nelbo_B0: ([\d.]+)', run('train.py', f'--out_dir={judge}', '--init_from=resume',
+                                                             '--eval_only=True', '--eval_iters=64')).group(1))
 os.makedirs(os.path.join(out_dir, 'rows'), exist_ok=True)
-
-
-def row(seed, role, label, stages, remask='snapshot', table=None):
+rows = []
+for k, (seed, role, label, stages, remask, order, T) in enumerate(plan, len(arms) + 1):
     folder = models[seed][role]
     args = [f'--out_dir={folder}', f'--num_samples={num_samples}', f'--batch_size={num_samples}', f'--stages={stages}',
-            f'--remask={remask}', '--order=random', '--eval', f'--judge={judge_ckpt}', f'--seed={sample_seed}',
-            f'--words_from={os.path.relpath(words_path, out_dir)}']
-    cache = os.path.join(out_dir, 'rows', f'{key(folder, judge, args)}.json')
+            f'--remask={remask}', f'--order={order}', f'--temperature={T}', '--eval', f'--judge={judge_ckpt}',
+            f'--seed={sample_seed}', f'--words_from={os.path.relpath(words_path, out_dir)}']
+    cache, est = os.path.join(out_dir, 'rows', f'{key(folder, judge, args)}.json'), row_est(stages)
     if not os.path.exists(cache):
-        out, _ = run('sample.py', *args)
-        json.dump(json.loads(out.strip().splitlines()[-1]), open(cache, 'w'))
+        step(f"sampling seed {seed} {role} {label}", est, k, n_steps)
+        t0 = time.time()
+        out = run('sample.py', *args, log='sample.log')
+        write_json(json.loads(out.strip().splitlines()[-1]), cache)
+        finished(est, t0)
+    else:
+        remaining[0] -= est
     r = json.load(open(cache))
-    r.update(seed=seed, model=role, label=label, folder=folder)
-    (rows if table is None else table).append(r)
-    print(f"  seed {seed} {role:9} {label:42} Gen PPL {r['gen_ppl']:7.2f} ± {r['gen_ppl_sem']:.2f}, entropy "
-          f"{r['entropy']:.3f}, real words {r['real_word_rate']:.3f}, {r['forwards']:.0f} forwards, {r['seconds']:.1f}s",
-          flush=True)
-
-
-L = 'L'
-for i, seed in enumerate(seeds):
-    row(seed, 'baseline', 'draft (B=4)', '4:1.0')
-    row(seed, 'did', 'draft (B=4)', '4:1.0')
-    row(seed, 'did', 'snapshot refine, γ=0.25', f'4:1.0,{L}:0.25')
-    if i:
-        continue
-    row(seed, 'baseline', 'snapshot refine, γ=0.25', f'4:1.0,{L}:0.25')
-    for remask in ('snapshot', 'posthoc', 'random'):
-        for g in gammas:
-            if (remask, g) != ('snapshot', 0.25):
-                row(seed, 'did', f'{remask} refine, γ={g}', f'4:1.0,{L}:{g}', remask)
-    row(seed, 'did_equal', 'draft (B=4)', '4:1.0')
-    row(seed, 'did_equal', 'snapshot refine, γ=0.25', f'4:1.0,{L}:0.25')
-    # the same comparison with confidence-ordered reveals (one token per forward, the most probable first)
-    row(seed, 'baseline', 'draft (B=4), confidence order', '4:1.0:order=confidence')
-    row(seed, 'did', 'draft (B=4), confidence order', '4:1.0:order=confidence')
-    row(seed, 'did', 'snapshot refine, γ=0.25, confidence order', f'4:1.0:order=confidence,{L}:0.25:order=confidence')
-
-# the sampling schedules of did.denoise on the DiD model: several tokens per forward (in confidence order, or
-# every draw above a threshold), and global refines that reuse the fixed tokens' keys and values (refresh r)
-sched = []
-if schedules:
-    s0, never = seeds[0], 0  # refresh=0 (r=inf): the fixed tokens' keys/values from the stage's first forward only
-    drafts = {'exact (1 token/forward)': '4:1.0', '1/forward, confidence': '4:1.0:order=confidence', '2/forward, random': '4:1.0:steps=2',
-              '2/forward, confidence': '4:1.0:steps=2:order=confidence', '4/forward, confidence': '4:1.0:steps=1:order=confidence',
-              'threshold 0.9': '4:1.0:threshold=0.9', 'threshold 0.7': '4:1.0:threshold=0.7'}
-    refines = {'exact (1 token/forward, r=1)': 'L:{g}', '1/forward, confidence, r=1': 'L:{g}:order=confidence', 'r=4': 'L:{g}:refresh=4', 'r=inf': f'L:{{g}}:refresh={never}',
-               'r=inf, 8 steps, confidence': f'L:{{g}}:steps=8:order=confidence:refresh={never}',
-               'r=1, 4 steps, confidence': 'L:{g}:steps=4:order=confidence',
-               'r=inf, 4 steps, confidence': f'L:{{g}}:steps=4:order=confidence:refresh={never}',
-               'r=inf, 2 steps, confidence': f'L:{{g}}:steps=2:order=confidence:refresh={never}',
-               'r=inf, threshold 0.9': f'L:{{g}}:threshold=0.9:refresh={never}'}
-    for name, d in drafts.items():
-        row(s0, 'did', f'draft {name}', d, table=sched)
-    for g in (0.25, 0.5):
-        for name, r in refines.items():
-            row(s0, 'did', f'exact draft + refine γ={g} {name}', f'4:1.0,{r.format(g=g)}', table=sched)
-        row(s0, 'did', f'draft 2/forward conf. + refine γ={g} r=inf, threshold 0.9',
-            f"4:1.0:steps=2:order=confidence,{refines['r=inf, threshold 0.9'].format(g=g)}", table=sched)
-        row(s0, 'did', f'draft 1/forward conf. + refine γ={g} r=inf, 4 steps, confidence',
-            f"4:1.0:order=confidence,{refines['r=inf, 4 steps, confidence'].format(g=g)}", table=sched)
+    r.update(seed=seed, model=role, label=label, folder=folder, order=order, temperature=T, remask=remask)
+    rows.append(r)
+    print(f"  seed {seed} {role:9} {label:44} Gen PPL {r['gen_ppl']:7.2f} ± {r['gen_ppl_sem']:.2f}, entropy "
+          f"{r['entropy']:.3f}, real words {r['real_word_rate']:.3f}", flush=True)
 
 # the reference: real validation text, scored the same way
-val = np.fromfile(os.path.join(out_dir, 'data', dataset, 'val.bin'), dtype=np.uint16)
 rng = np.random.default_rng(0)
 texts = ['<|endoftext|>' + ''.join(meta['chars'][j] if j < len(meta['chars']) else ' ' for j in val[s:s + seq_len - 1])
          for s in rng.integers(0, len(val) - seq_len, num_samples)]
-(mean, std, _, per), ent = Judge(os.path.join(out_dir, judge_ckpt)).score(texts, seq_len)
-rates = [real_word_rate(t, vocab) for t in texts]
-real = dict(gen_ppl=mean, gen_ppl_sem=std / math.sqrt(len(per)), entropy=ent, real_word_rate=float(np.mean(rates)))
+try:
+    (mean, std, _, per), ents = Judge(os.path.join(out_dir, judge_ckpt)).score(texts, seq_len)
+except ValueError as e:
+    fail(e)
+real = dict(gen_ppl=mean, gen_ppl_sem=std / math.sqrt(len(per)), entropy=float(np.mean(ents)),
+            entropy_sem=float(np.std(ents, ddof=1) / math.sqrt(len(ents))),
+            real_word_rate=float(np.mean([real_word_rate(t, vocab) for t in texts])))
+H = real['entropy']
 
-# 5. results
-settings = {k: globals()[k] for k in ('text', 'seq_len', 'n_layer', 'n_head', 'n_embd', 'batch_size', 'learning_rate',
-                                       'warmup_iters', 'decay_lr', 'ema_decay', 'pretrain_iters', 'finetune_iters', 'budget_frac',
-                                       'block_mix', 'judge_iters', 'num_samples', 'gammas', 'seeds', 'sample_seed')}
-settings['text'] = [os.path.relpath(f, here) for f in files]  # the same wherever the checkout lives
-json.dump(dict(settings=settings, models=models, nelbo=nelbos, train_seconds=times, real_text=real, rows=rows,
-               schedules=sched), open(results[0], 'w'), indent=1)
-judge_nelbo = run('train.py', f'--out_dir={judge}', '--init_from=resume', '--eval_only=True', '--eval_iters=64')[0]
+
+# 5. the comparison at real text's entropy, and paired differences (same sample seeds) at temperature 1
+def find(seed, role, label):
+    return next(r for r in rows if (r['seed'], r['model'], r['label']) == (seed, role, label))
+
+
+NAMES = {'baseline': 'baseline', 'did': 'DiD', 'small': 'block-4 only'}
+
+
+def curve_name(role, name, order):
+    return f"{NAMES[role]} {name}, {order} order"
+
+
+matched, diffs = {}, []
+questions = [('DiD + refine − baseline draft', ('did', 'draft + refine'), ('baseline', 'draft')),
+             ('DiD: refine − draft', ('did', 'draft + refine'), ('did', 'draft')),
+             ('block-4 only: refine − draft', ('small', 'draft + refine'), ('small', 'draft')),
+             ('DiD draft − block-4-only draft', ('did', 'draft'), ('small', 'draft')),
+             ('DiD + refine − block-4 only + refine', ('did', 'draft + refine'), ('small', 'draft + refine'))]
+for seed in seeds:
+    # two entropies to compare at: real validation text's, and the paper's baseline sampler's (its draft, random
+    # order, temperature 1), which every sweep reaches
+    ref = find(seed, 'baseline', 'draft, random order, T=1')  # a row: the bootstrap resamples its entropy with the rest
+    targets = {'real text': H, 'baseline draft T=1': ref}
+    for order in ('random', 'confidence'):
+        cs = {(role, name): [find(seed, role, f'{name}, {order} order, T={T:g}') for T in temperatures[order]]
+              for s, role, name, o in curves if (s, o) == (seed, order)}
+        for at, target in targets.items():
+            est, draws = matched_entropy(cs, target)
+            h = target['entropy'] if isinstance(target, dict) else target
+            for (role, name), e in est.items():
+                matched[f"{seed} {curve_name(role, name, order)} at {at}"] = dict(
+                    seed=seed, model=role, sampler=name, order=order, at=at, entropy=h, gen_ppl=e, sem=boot_se(draws[role, name]))
+            for q, a, b in questions:
+                diffs.append(dict(seed=seed, order=order, question=q, at=f'entropy of {at} ({h:.3f})', diff=est[a] - est[b],
+                                  sem=boot_se(draws[a] - draws[b])))
+            gain = lambda m: (draws[m, 'draft + refine'] - draws[m, 'draft'], est[m, 'draft + refine'] - est[m, 'draft'])  # noqa: E731
+            diffs.append(dict(seed=seed, order=order, question="refine's gain, DiD − block-4 only", at=f'entropy of {at} ({h:.3f})',
+                              diff=gain('did')[1] - gain('small')[1], sem=boot_se(gain('did')[0] - gain('small')[0])))
+
+
+def paired(a, b, question):
+    d = np.array(a['gen_ppls']) - np.array(b['gen_ppls'])
+    d = d[~np.isnan(d)]
+    diffs.append(dict(seed=a['seed'], order=a['order'], question=question, at='T=1', diff=float(d.mean()),
+                      sem=float(d.std(ddof=1) / math.sqrt(len(d)))))
+
+
+for g in gammas:
+    snap = find(s0, 'did', f'snapshot refine γ={g}, random order, T=1')
+    paired(snap, find(s0, 'did', f'posthoc refine γ={g}, random order, T=1'), f'snapshot − posthoc, γ={g}')
+    paired(snap, find(s0, 'did', f'random refine γ={g}, random order, T=1'), f'snapshot − random, γ={g}')
+    paired(snap, find(s0, 'did', 'draft, random order, T=1'), f'DiD: snapshot refine − draft, γ={g}')
+paired(find(s0, 'baseline', 'draft + refine, random order, T=1'), find(s0, 'baseline', 'draft, random order, T=1'),
+       'baseline: refine − draft')
+paired(find(s0, 'did_equal', 'draft + refine, random order, T=1'), find(s0, 'did_equal', 'draft, random order, T=1'),
+       'DiD equal budget: refine − draft')
+
+settings = {k: globals()[k] for k in ('seq_len', 'n_layer', 'n_head', 'n_embd', 'dropout', 'batch_size', 'learning_rate',
+                                       'warmup_iters', 'decay_lr', 'ema_decay', 'finetune_iters', 'budget_frac', 'block_mix',
+                                       'judge_iters', 'num_samples', 'gamma', 'gammas', 'temperatures', 'seeds', 'sample_seed')}
+settings.update(text=[os.path.relpath(f, here) for f in files], pretrain_iters=P,
+                arms={role: it for role, _, it, *_ in arms})
+json.dump(dict(settings=settings, models=models, nelbo=nelbos, judge_nelbo=judge_nelbo, train_seconds=times,
+               seconds=time.time() - t_start, real_text=real, matched_entropy=matched, differences=diffs, rows=rows),
+          open(results[0], 'w'), indent=1)
 with open(results[1], 'w') as f:
-    f.write(f"Settings: {json.dumps(settings)}\n\nJudge: {judge_nelbo.strip().splitlines()[-1]}\n\n")
-    f.write("| seed | model | fine-tune iters | val NELBO B=4 | val NELBO B=L |\n|---|---|---|---|---|\n")
-    for seed, ms in models.items():
-        for role, folder in ms.items():
+    f.write(f"Settings: {json.dumps(settings)}\n\nAR judge: val NELBO {judge_nelbo:.4f} nats/char. "
+            f"Whole command: {(time.time() - t_start) / 60:.0f} minutes.\n\n")
+    f.write("| seed | model | iterations | val NELBO B=4 | val NELBO B=L |\n|---|---|---|---|---|\n")
+    for role, seed, it, folder, *_ in arms:
+        if folder in nelbos:
             n = nelbos[folder]
-            it = {'pretrain': pretrain_iters, 'baseline': finetune_iters, 'did': round(budget_frac * finetune_iters),
-                  'did_equal': finetune_iters}[role]
-            f.write(f"| {seed} | {role} | {it} | {n.get('val/nelbo_B4', float('nan')):.4f} | {n.get(f'val/nelbo_B{seq_len}', float('nan')):.4f} |\n")
-    f.write("\n| seed | model | setting | Gen PPL (mean ± s.e.) | entropy | real-word rate | forwards / sample | seconds |\n"
-            "|---|---|---|---|---|---|---|---|\n")
-    f.write(f"| - | real text | validation windows | {real['gen_ppl']:.2f} ± {real['gen_ppl_sem']:.2f} | {real['entropy']:.3f} | "
+            f.write(f"| {seed} | {role} | {it} | {n.get('val/nelbo_B4', float('nan')):.4f} | "
+                    f"{n.get(f'val/nelbo_B{seq_len}', float('nan')):.4f} |\n")
+    f.write(f"\nGen PPL at a matched entropy, interpolated along each sampler's temperature sweep (± bootstrap standard "
+            f"error over the {num_samples} samples; nan: the sweep does not reach it). Real text: entropy {H:.3f} ± "
+            f"{real['entropy_sem']:.3f} nats, Gen PPL {real['gen_ppl']:.2f} ± {real['gen_ppl_sem']:.2f}.\n\n")
+    f.write("| sampler | at the entropy of | " + " | ".join(f"seed {s}" for s in seeds) + " |\n|---|---|" + "---|" * len(seeds) + "\n")
+    for at in ('real text', 'baseline draft T=1'):
+        for order in ('random', 'confidence'):
+            for role, name in dict.fromkeys((r, n) for _, r, n, _ in curves):
+                vals = [matched[f"{s} {curve_name(role, name, order)} at {at}"] for s in seeds]
+                f.write(f"| {curve_name(role, name, order)} | {at} | " +
+                        " | ".join(f"{v['gen_ppl']:.2f} ± {v['sem']:.2f}" for v in vals) + " |\n")
+    f.write("\nDifferences in Gen PPL (negative: the first is better), paired over the same sample seeds:\n\n"
+            "| seed | order | difference | at | value ± s.e. |\n|---|---|---|---|---|\n")
+    for d in diffs:
+        f.write(f"| {d['seed']} | {d['order']} | {d['question']} | {d['at']} | {d['diff']:+.2f} ± {d['sem']:.2f} |\n")
+    f.write("\nEvery row (64 samples unless the settings say otherwise):\n\n| seed | model | sampling | Gen PPL (mean ± s.e.) | "
+            "entropy | real-word rate | forwards / sample | seconds |\n|---|---|---|---|---|---|---|---|\n")
+    f.write(f"| - | real text | validation windows | {real['gen_ppl']:.2f} ± {real['gen_ppl_sem']:.2f} | {H:.3f} | "
             f"{real['real_word_rate']:.3f} | - | - |\n")
     for r in rows:
         f.write(f"| {r['seed']} | {r['model']} | {r['label']} | {r['gen_ppl']:.2f} ± {r['gen_ppl_sem']:.2f} | {r['entropy']:.3f} | "
                 f"{r['real_word_rate']:.3f} | {r['forwards']:.0f} | {r['seconds']:.1f} |\n")
-    if sched:
-        f.write("\nSampling schedules, DiD model, seed {}:\n\n| schedule | Gen PPL (mean ± s.e.) | entropy | real-word rate | "
-                "forwards / sample | token-forwards / sample | seconds |\n|---|---|---|---|---|---|---|\n".format(seeds[0]))
-        for r in sched:
-            f.write(f"| {r['label']} | {r['gen_ppl']:.2f} ± {r['gen_ppl_sem']:.2f} | {r['entropy']:.3f} | {r['real_word_rate']:.3f} | "
-                    f"{r['forwards']:.1f} | {r['token_forwards']:,.0f} | {r['seconds']:.1f} |\n")
 print(open(results[1]).read())
-try:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    colors = {'baseline': 'C3', 'did': 'C0', 'did_equal': 'C2'}
-    for ax, x, xl in ((axes[0], 'seconds', f'wall time for {num_samples} samples (s)'), (axes[1], 'forwards', 'forward passes per sample')):
-        for r in rows:
-            ax.errorbar(r[x], r['gen_ppl'], yerr=r['gen_ppl_sem'], fmt='o', color=colors[r['model']], ms=4)
-            ax.annotate(f"{r['model']} {r['label'].replace(' refine', '')} s{r['seed']}", (r[x], r['gen_ppl']), fontsize=5)
-        ax.axhline(real['gen_ppl'], color='gray', ls=':', lw=1)
-        ax.set_xlabel(xl)
-    axes[0].set_ylabel('Gen PPL under the AR judge (lower is better)')
-    fig.suptitle(f'DiD at toy scale: {n_layer}x{n_embd}, L={seq_len}, characters ({os.path.basename(text.rstrip("/"))}); '
-                 f'dotted: real text')
+
+if plt is not None:
+    colors = {('baseline', 'draft'): 'C3', ('did', 'draft'): 'C0', ('did', 'draft + refine'): 'C0',
+              ('small', 'draft'): 'C2', ('small', 'draft + refine'): 'C2'}
+    fig, axes = plt.subplots(len(seeds), 2, figsize=(11, 4.2 * len(seeds)), squeeze=False, sharey=True)
+    for i, seed in enumerate(seeds):
+        for j, order in enumerate(('random', 'confidence')):
+            ax = axes[i][j]
+            for s, role, name, o in curves:
+                if (s, o) != (seed, order):
+                    continue
+                pts = [find(seed, role, f'{name}, {order} order, T={T:g}') for T in temperatures[order]]
+                ax.errorbar([p['entropy'] for p in pts], [p['gen_ppl'] for p in pts], yerr=[p['gen_ppl_sem'] for p in pts],
+                            color=colors[role, name], ls='-' if 'refine' in name else '--', marker='o', ms=3, capsize=2,
+                            label=curve_name(role, name, order).replace(f', {order} order', ''))
+            ax.errorbar([H], [real['gen_ppl']], yerr=[real['gen_ppl_sem']], color='k', marker='*', ms=10, label='real text')
+            ax.axvline(H, color='gray', ls=':', lw=1)
+            ax.set_yscale('log')
+            ax.set_title(f'seed {seed}, {order} order (temperatures {temperatures[order][0]}–{temperatures[order][-1]})', fontsize=9)
+            ax.set_xlabel('entropy of a sample (nats/char; higher is more varied)')
+            if j == 0:
+                ax.set_ylabel('Gen PPL under the AR judge (lower is better)')
+            ax.legend(fontsize=7)
+    fig.suptitle(f'Gen PPL against entropy: DiD at toy scale ({n_layer}x{n_embd}, L={seq_len}, characters, '
+                 f'{os.path.basename(os.path.dirname(files[0]) if len(files) > 1 else files[0])}); dotted: real text\'s entropy', fontsize=10)
     fig.tight_layout()
-    fig.savefig(results[2], dpi=150)
-    print(f"wrote {results[2]}")
-    if sched:
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-        for ax, (x, y, xl, yl) in zip(axes, (('seconds', 'gen_ppl', 'wall time (s)', 'Gen PPL (lower is better)'),
-                                             ('forwards', 'gen_ppl', 'forward passes per sample', 'Gen PPL'),
-                                             ('seconds', 'real_word_rate', 'wall time (s)', 'real-word rate (higher is better)'))):
-            for r in sched:
-                c = 'C0' if r['label'].startswith('draft') else ('C1' if 'γ=0.25' in r['label'] else 'C2')
-                ax.errorbar(r[x], r[y], yerr=r['gen_ppl_sem'] if y == 'gen_ppl' else None, fmt='o', color=c, ms=4)
-                ax.annotate(r['label'].replace('exact draft + ', '').replace('refine ', ''), (r[x], r[y]), fontsize=5)
-            ax.set_xlabel(xl)
-            ax.set_ylabel(yl)
-            if y == 'gen_ppl':
-                ax.set_yscale('log')  # several tokens per forward can be an order of magnitude worse
-        fig.suptitle(f'sampling schedules of the DiD model ({num_samples} samples each): blue drafts, orange '
-                     f'draft + refine γ=0.25, green γ=0.5')
+    fig.savefig(results[2], dpi=130)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        if r['temperature'] == 1.0 and r['order'] == 'random':
+            ax.errorbar(r['seconds'], r['gen_ppl'], yerr=r['gen_ppl_sem'], fmt='o', ms=4,
+                        color={'baseline': 'C3', 'did': 'C0', 'small': 'C2', 'did_equal': 'C1'}[r['model']])
+            ax.annotate(f"{r['model']} {r['label'].split(', random')[0]} s{r['seed']}", (r['seconds'], r['gen_ppl']), fontsize=5)
+    ax.axhline(real['gen_ppl'], color='gray', ls=':', lw=1)
+    ax.set_xlabel(f'wall time for {num_samples} samples (s)')
+    ax.set_ylabel('Gen PPL (lower is better)')
+    ax.set_title('temperature 1, random order: quality against sampling time; dotted: real text', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(results[3], dpi=130)
+    sched = [r for r in rows if r['seed'] == s0 and (r['label'].startswith('schedule') or (r['model'], r['label']) in
+             (('did', 'draft, confidence order, T=1'), ('did', 'draft + refine, confidence order, T=1')))]
+    if schedules:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in sched:
+            ax.errorbar(r['seconds'], r['gen_ppl'], yerr=r['gen_ppl_sem'], fmt='o', ms=4)
+            ax.annotate(r['label'].replace('schedule: ', '').split(', confidence')[0], (r['seconds'], r['gen_ppl']), fontsize=6)
+        ax.set_xlabel(f'wall time for {num_samples} samples (s)')
+        ax.set_ylabel('Gen PPL (lower is better)')
+        ax.set_title('sampling schedules of the DiD model, confidence order, T=1', fontsize=9)
         fig.tight_layout()
-        fig.savefig(results[3], dpi=150)
-except ImportError:
-    print("matplotlib is not installed: no plot (pip install matplotlib)")
-print(f"training seconds: {json.dumps(times)}")
+        fig.savefig(results[4], dpi=130)
+    print(f"wrote {', '.join(results[:4 + schedules])}")
+print(f"done in {(time.time() - t_start) / 60:.0f} minutes")

@@ -4,20 +4,24 @@ Benchmark training and sampling in one run, and compare the variants as ratios.
 $ python bench.py                     # --shape=tiny: 4 layers x 256 wide, L=256, GPT-2 vocab (the CPU targets)
 $ python bench.py --shape=owt         # 12 x 768, L=1024 (BD3-LM small): on a GPU
 $ python bench.py --vocab_size=67     # the same shape with a character vocabulary
+$ python bench.py --shape=owt --schedules=False --out=bench.json   # the rows gpu_check.py needs, as JSON
 
 Training: seconds per optimizer step, data tokens/s and MFU (GPU) for block diffusion at B=4 (the 2L path),
-global diffusion B=L and the causal AR model, at the same shape and batch. Sampling: generated tokens/s of
+global diffusion B=L and the causal AR model, at the same shape and batch, and the bf16-autocast loss against
+fp32 on one batch. Sampling: generated tokens/s of
 the KV-cached draft at batch 1 and batch sample_batch, the uncached draft, and refinement at gamma 0.25/0.5
 (their cost relative to the draft), plus cached vs uncached at L=long_len.
 """
 
 import contextlib
+import json
 import sys
 import time
 
 import torch
 
-from did import DiD, DiDConfig, add_noise, check_device, configure, generate
+from configurator import check_device, configure
+from did import DiD, DiDConfig, Stage, add_noise, generate, peak_flops
 
 # -----------------------------------------------------------------------------
 shape = 'tiny'                  # 'tiny' (CPU), 'owt' (GPU) or 'smoke' (seconds)
@@ -30,21 +34,30 @@ head_std = 0.3                  # random head weights scaled so the predictive e
 long_len = 1024                 # sequence length of the cached-vs-uncached comparison
 skip_long = False               # skip the cached-vs-uncached comparison at long_len
 train_only = False              # measure training only
+schedules = True                # also time the faster sampling schedules
+out = ''                        # also write every row as JSON to this file
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
 dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'
 compile = False                 # torch.compile the training forward
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
 check_device(device, dtype)
+results = dict(device=device, dtype=dtype, shape=shape, vocab_size=vocab_size, batch_size=batch_size, training={}, sampling={})
 SHAPES = {'tiny': dict(n_layer=4, n_head=4, n_embd=256, seq_len=256), 'owt': dict(n_layer=12, n_head=12, n_embd=768, seq_len=1024),
           'smoke': dict(n_layer=1, n_head=2, n_embd=32, seq_len=32)}  # smoke: the tests' end-to-end run
 if shape not in SHAPES:
     raise SystemExit(f"error: unknown --shape={shape}; use one of {list(SHAPES)}")
+for k, lo in (('batch_size', 1), ('train_iters', 1), ('warmup', 0), ('sample_batch', 1), ('vocab_size', 2)):
+    if globals()[k] < lo:
+        raise SystemExit(f"error: --{k}={globals()[k]} must be at least {lo}")
+if head_std < 0:
+    raise SystemExit(f"error: --head_std={head_std} must be >= 0 (the spread of the random head weights)")
+if not skip_long and (long_len < 8 or long_len % 4):
+    raise SystemExit(f"error: --long_len={long_len} must be a multiple of the drafting block, 4, and at least 8")
 torch.manual_seed(0)
-ctx = contextlib.nullcontext() if device == 'cpu' else torch.amp.autocast(device_type='cuda', dtype=getattr(torch, dtype))
+ctx = contextlib.nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device.split(':')[0], dtype=getattr(torch, dtype))
 sync = torch.cuda.synchronize if 'cuda' in device else (lambda: None)
-PEAK = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}
-peak = next((v for k, v in PEAK.items() if 'cuda' in device and k in torch.cuda.get_device_name()), None)
+peak = peak_flops(device)
 print(f"device {device} ({torch.cuda.get_device_name() if 'cuda' in device else f'{torch.get_num_threads()} threads'}), "
       f"dtype {dtype}, shape {shape} {SHAPES[shape]}, vocab {vocab_size}")
 
@@ -82,16 +95,38 @@ for name, bs, clip in variants:
         if it >= warmup:
             times.append(time.perf_counter() - t0)
             head = (x_t == cfg.mask_id).sum().item() if bs else batch_size * L
-            flops += model.estimate_flops(batch_size, bs, head)
+            flops += model.estimate_flops(batch_size, bs, head, model.attention_fraction(bs))
     dt = sum(times) / len(times)
     rows[name] = dt
     mfu = f"{100 * flops / sum(times) / peak:.1f}%" if peak else '-'
     print(f"{name:<22}{dt:>9.3f}{batch_size * L / dt:>10,.0f}{mfu:>7}")
+    results['training'][name] = dict(s_per_step=dt, tok_per_s=batch_size * L / dt, mfu=flops / sum(times) / peak if peak else None)
 model.flex = False
 print(f"step time ratios: B=4 / B=L {rows['block diffusion B=4'] / rows[f'global B=L={L}']:.2f}x, "
       f"AR / B=L {rows['AR (causal)'] / rows[f'global B=L={L}']:.2f}x")
+# bf16 autocast against fp32: the same batch and noise, the loss of both (autocast runs on the CPU too)
+g = torch.Generator(device=device).manual_seed(1)
+x_t, t = add_noise(x0, 4, cfg.mask_id, 0.5, 1.0, resample=True, generator=g)
+with torch.no_grad():
+    l32 = model(x0, x_t, t, 4).item()
+    with torch.amp.autocast(device_type=device.split(':')[0], dtype=torch.bfloat16):
+        l16 = model(x0, x_t, t, 4).item()
+print(f"loss at B=4, fp32 {l32:.5f}, bf16 autocast {l16:.5f}: relative difference {abs(l16 - l32) / l32:.2e}")
+results['bf16_vs_fp32'] = dict(fp32=l32, bf16=l16, rel_diff=abs(l16 - l32) / l32)
+
+
+def save():
+    if out:
+        json.dump(results, open(out, 'w'), indent=1)
+
+
 if train_only:
+    save()
     sys.exit(0)
+
+
+def P(block_size, gamma=1.0, **kw):  # a stage of the paper's sampler (random order) unless kw says otherwise
+    return Stage(block_size, gamma, **{'order': 'random', **kw})
 
 
 def time_generate(seq_model, n, stages, use_cache=True):
@@ -114,46 +149,52 @@ def row(name, n, dt, res, ref=None):
     nfe = sum(s['nfe'] + s['cache_passes'] for s in res['stats']).float().mean().item()  # per sequence
     rel = f"  {dt / ref:.2f}x the draft" if ref else ''
     print(f"{name:<40}{n:>6}{dt:>9.2f}{n * (L - 1) / dt:>10,.0f}{nfe:>10.0f}{rel}")
-dt1, res = time_generate(model, 1, [(4, 1.0)])
+    results['sampling'][f'{name}, L={L}, batch {n}'] = dict(seconds=dt, tok_per_s=n * (L - 1) / dt, forwards=nfe,
+                                                           vs_draft=dt / ref if ref else None)
+dt1, res = time_generate(model, 1, [P(4)])
 row('cached draft B=4', 1, dt1, res)
-dtb, res = time_generate(model, sample_batch, [(4, 1.0)])
+dtb, res = time_generate(model, sample_batch, [P(4)])
 row('cached draft B=4', sample_batch, dtb, res)
-dt2, res = time_generate(model, 2 * sample_batch, [(4, 1.0)])
+dt2, res = time_generate(model, 2 * sample_batch, [P(4)])
 row('cached draft B=4', 2 * sample_batch, dt2, res)
-dtu, res = time_generate(model, sample_batch, [(4, 1.0)], use_cache=False)
+dtu, res = time_generate(model, sample_batch, [P(4)], use_cache=False)
 row('uncached draft B=4', sample_batch, dtu, res)
 for gamma in (0.25, 0.5):
-    dtr, res = time_generate(model, sample_batch, [(4, 1.0), (L, gamma)])
+    dtr, res = time_generate(model, sample_batch, [P(4), P(L, gamma)])
     row(f'draft + global refine gamma={gamma}', sample_batch, dtr, res, ref=dtb)
 print(f"batched cached draft: {(L - 1) * sample_batch / dtb:,.0f} tok/s; cached / uncached: {dtu / dtb:.1f}x")
-# the faster schedules (did.denoise): several tokens per forward, and refines that reuse the fixed tokens' keys/values
-print(f"\nfaster schedules, batch {sample_batch} (stage options as in sample.py --stages; r = refresh):")
-dtc, res = time_generate(model, sample_batch, [(4, 1.0, dict(order='confidence'))])
+# sample.py's default: the confidence-order draft and a refine in 4 forwards that reuse the fixed tokens' keys/values
+dtc, res = time_generate(model, sample_batch, [P(4, order='confidence')])
 row('draft, 1 token/forward (conf.)', sample_batch, dtc, res, ref=dtb)
-dts, res = time_generate(model, sample_batch, [(4, 1.0, dict(steps=2, order='confidence'))])
-row('draft, 2 tokens/forward (conf.)', sample_batch, dts, res, ref=dtb)
-for name, opts in (('refine r=8', dict(refresh=8)), ('refine r=inf', dict(refresh=0)),
-                   ('refine r=inf, 8 steps (conf.)', dict(refresh=0, steps=8, order='confidence')),
-                   ('refine r=inf, 4 steps (conf.)', dict(refresh=0, steps=4, order='confidence')),
-                   ('refine r=inf, 2 steps (conf.)', dict(refresh=0, steps=2, order='confidence')),
-                   ('refine r=inf, threshold 0.9', dict(refresh=0, threshold=0.9))):
-    for gamma in (0.25, 0.5):
-        dtr, res = time_generate(model, sample_batch, [(4, 1.0), (L, gamma, opts)])
-        row(f'draft + {name} g={gamma}', sample_batch, dtr, res, ref=dtb)
-print("against the confidence-order draft (sample.py's default order):")
-for n in (2, 4):
-    for gamma in (0.25, 0.5):
-        dtr, res = time_generate(model, sample_batch, [(4, 1.0, dict(order='confidence')),
-                                                       (L, gamma, dict(order='confidence', steps=n, refresh=0))])
-        row(f'conf. draft + refine r=inf {n} steps g={gamma}', sample_batch, dtr, res, ref=dtc)
+dtr, res = time_generate(model, sample_batch, [P(4, order='confidence'), P(L, 0.25, order='confidence', steps=4, refresh=0)])
+row("sample.py's default (conf. draft + refine)", sample_batch, dtr, res, ref=dtc)
+if schedules:  # the faster schedules (did.Stage): several tokens per forward, refines that reuse keys/values
+    print(f"\nfaster schedules, batch {sample_batch} (stage options as in sample.py --stages; r = refresh):")
+    dts, res = time_generate(model, sample_batch, [P(4, steps=2, order='confidence')])
+    row('draft, 2 tokens/forward (conf.)', sample_batch, dts, res, ref=dtb)
+    for name, opts in (('refine r=8', dict(refresh=8)), ('refine r=inf', dict(refresh=0)),
+                       ('refine r=inf, 8 steps (conf.)', dict(refresh=0, steps=8, order='confidence')),
+                       ('refine r=inf, 4 steps (conf.)', dict(refresh=0, steps=4, order='confidence')),
+                       ('refine r=inf, 2 steps (conf.)', dict(refresh=0, steps=2, order='confidence')),
+                       ('refine r=inf, threshold 0.9', dict(refresh=0, threshold=0.9, order='confidence'))):
+        for gamma in (0.25, 0.5):
+            dtr, res = time_generate(model, sample_batch, [P(4), P(L, gamma, **opts)])
+            row(f'draft + {name} g={gamma}', sample_batch, dtr, res, ref=dtb)
+    print("against the confidence-order draft (sample.py's default order):")
+    for n in (2, 4):
+        for gamma in (0.25, 0.5):
+            dtr, res = time_generate(model, sample_batch, [P(4, order='confidence'),
+                                                           P(L, gamma, order='confidence', steps=n, refresh=0)])
+            row(f'conf. draft + refine r=inf {n} steps g={gamma}', sample_batch, dtr, res, ref=dtc)
 
 if not skip_long:
     long_model = DiD(DiDConfig(vocab_size=vocab_size, **{**SHAPES[shape], 'seq_len': long_len})).to(device).eval()
     long_model.load_state_dict(model.state_dict())
     L = long_len
     print(f"\ncached vs uncached draft at L={long_len}, batch 1:")
-    dtc, res = time_generate(long_model, 1, [(4, 1.0)])
+    dtc, res = time_generate(long_model, 1, [P(4)])
     row('cached draft B=4', 1, dtc, res)
-    dtu, res = time_generate(long_model, 1, [(4, 1.0)], use_cache=False)
+    dtu, res = time_generate(long_model, 1, [P(4)], use_cache=False)
     row('uncached draft B=4', 1, dtu, res)
     print(f"cached / uncached at L={long_len}: {dtu / dtc:.1f}x faster")
+save()

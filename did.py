@@ -18,19 +18,21 @@ Differences from a GPT-2 style transformer:
   (the number of MASKs in x_t already says how noisy it is; MDLM, and RADD: Ou et al. 2024), and BD3-LM feeds its
   adaLN a constant zero time anyway.
 
-Sections: config and model / attention masks / forward noise and loss / samplers / evaluation.
+Sections, in the paper's order:
+  1. config and model
+  2. attention masks
+  3. forward noise, the loss, the NELBO and BD3-LM's clipped noise schedule (training)
+  4. sampling (inference): draft, remask, refine; first the exact sampler, then its faster schedules
+  5. beyond the paper's fixed length: infilling with the global stage, and text of any length
+Loading checkpoints (ours, BD3-LM's) is in load.py, scoring samples in judge.py, the scripts' settings in
+configurator.py.
 """
 
-import ast
 import contextlib
-import difflib
-import json
 import math
-import os
-import re
 import sys
-from dataclasses import dataclass
-from functools import lru_cache, wraps
+from dataclasses import dataclass, replace
+from functools import lru_cache, partial, wraps
 
 import torch
 import torch.nn as nn
@@ -38,7 +40,7 @@ from torch.nn import functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 # -----------------------------------------------------------------------------
-# config and model
+# 1. config and model
 
 @dataclass
 class DiDConfig:
@@ -68,7 +70,8 @@ class SelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
+        if config.n_embd % config.n_head:
+            raise ValueError(f"n_embd={config.n_embd} does not split into n_head={config.n_head} heads")
         self.n_head = config.n_head
         # no biases on qkv/out: same weight shapes as BD3-LM's attn_qkv / attn_out
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
@@ -190,18 +193,42 @@ class DiD(nn.Module):
         """FLOPs of one fwd+bwd over `batch` sequences trained at block_size (0: causal), counted as the hardware
         runs them (nanoGPT's 6N + attention): 2L tokens go through the blocks for block diffusion (x_t and x_0
         both run), L for B = L and causal; head_tokens positions in all go through the head (the masked x_t
-        positions, or every position for causal). attn_frac: the share of the T x T scores the attention kernel
-        computes: 1 for dense SDPA with a mask (it computes them all), the live tiles of a FlexAttention
-        BlockMask (live_fraction), about 1/2 for a causal kernel."""
+        positions, or every position for causal). On the dense path the last layer runs only the noisy half past
+        its keys and values (n_out in hidden); FlexAttention runs it whole. attn_frac: attention_fraction()."""
         cfg = self.config
-        T = 2 * cfg.seq_len if 0 < block_size < cfg.seq_len else cfg.seq_len
+        L, C = cfg.seq_len, cfg.n_embd
+        T = 2 * L if 0 < block_size < L else L
         n_trunk = sum(p.numel() for p in self.h.parameters())
-        return (6 * (n_trunk * T * batch + self.lm_head.weight.numel() * head_tokens)
-                + 12 * cfg.n_layer * cfg.n_embd * T * T * batch * attn_frac)
+        flops = 6 * (n_trunk * T * batch + self.lm_head.weight.numel() * head_tokens) + 12 * cfg.n_layer * C * T * T * batch * attn_frac
+        if T == 2 * L and not self.flex:  # the last layer: queries, output projection and MLP on L of the 2L tokens
+            rest = sum(p.numel() for p in self.h[-1].parameters()) - self.h[-1].attn.c_attn.weight.numel()
+            flops -= 6 * rest * L * batch + 12 * C * L * T * batch * attn_frac
+        return flops
+
+    def attention_fraction(self, block_size):
+        """The share of the T x T attention scores the kernel computes at this block size (0: causal): all of them
+        for dense SDPA with a mask, the live tiles of the FlexAttention BlockMask (live_fraction), about half for a
+        causal kernel on CUDA (the CPU's math kernel computes them all)."""
+        dev = self.lm_head.weight.device
+        if block_size == 0:
+            return 0.5 if dev.type == 'cuda' else 1.0
+        if self.flex and block_size < self.config.seq_len:
+            return live_fraction(flex_block_mask(self.config.seq_len, block_size, str(dev)))
+        return 1.0
+
+
+PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L40S': 362e12, 'A10G': 125e12, '4090': 165e12}  # bf16 dense
+
+
+def peak_flops(device):
+    """One GPU's bf16 dense peak FLOP/s, from its name (for MFU); None off CUDA or for a GPU not in the table."""
+    if not str(device).startswith('cuda'):
+        return None
+    return next((v for k, v in PEAK_FLOPS.items() if k in torch.cuda.get_device_name(device)), None)
 
 
 # -----------------------------------------------------------------------------
-# attention masks (True = may attend). Built eagerly, once, and cached: under torch.compile they stay outside
+# 2. attention masks (True = may attend). Built eagerly, once, and cached: under torch.compile they stay outside
 # the graph (traced in, they would be rebuilt every step, and inductor's CPU codegen fails on their boolean algebra)
 
 def eager(fn):
@@ -269,7 +296,7 @@ def block_causal_mask(L, block_size, device='cpu'):
 
 
 # -----------------------------------------------------------------------------
-# forward noise and the loss
+# 3. forward noise, the loss, the NELBO, the clipped noise schedule
 
 def add_noise(x0, block_size, mask_id, eps_min=1e-3, eps_max=1.0, resample=False, generator=None, keep_first=False):
     """Mask x0 (B, L) block by block. Returns x_t (B, L) and t (B, L), t constant within a block.
@@ -315,7 +342,8 @@ class HeadCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, bias, target, mask_id):
-        dt = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        dev = h.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev) else h.dtype
         logits = torch.addmm(bias.to(dt), h.to(dt), weight.to(dt).t())
         logits = logits.to(torch.promote_types(dt, torch.float32))  # (N, V), at least fp32
         logits[:, mask_id:] = float('-inf')
@@ -331,7 +359,7 @@ class HeadCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         h, weight, dlogits, target = ctx.saved_tensors
-        dlogits[torch.arange(len(target), device=target.device), target] -= 1.0  # softmax - onehot, in place
+        dlogits.scatter_add_(1, target[:, None], torch.full_like(dlogits[:, :1], -1.0))  # softmax - onehot, in place
         dlogits = dlogits.mul_(grad[:, None]).to(ctx.dt)
         grad_h = (dlogits @ weight.to(ctx.dt)).to(h.dtype)
         grad_w = (dlogits.t() @ h.to(ctx.dt)).to(weight.dtype)
@@ -380,302 +408,6 @@ def ar_loss(model, idx):
     return head_cross_entropy(model, h.flatten(0, 1), idx[:, 1:].flatten()).mean()
 
 
-# -----------------------------------------------------------------------------
-# samplers
-
-class KVCache:
-    """Keys and values of the clean prefix for every layer, (n_layer, B, nh, L, hs), filled up to n.
-    A block's forward writes its keys/values at [n, n + T) and attends to [0, n + T); only a forward
-    over the *clean* block is followed by advance(), so the slot holds exactly what the clean copy
-    x_0 holds in training (block-causal attention, M_BC)."""
-
-    def __init__(self, n_layer, L):
-        self.shape = (n_layer, L)
-        self.k = self.v = None
-        self.n = 0
-
-    def put(self, layer, k, v):
-        if self.k is None:  # allocate on first use, in the compute dtype (bf16 under autocast)
-            B, nh, T, hs = k.shape
-            n_layer, L = self.shape
-            self.k = k.new_zeros(n_layer, B, nh, L, hs)
-            self.v = v.new_zeros(n_layer, B, nh, L, hs)
-        T = k.size(2)
-        self.k[layer, :, :, self.n:self.n + T] = k
-        self.v[layer, :, :, self.n:self.n + T] = v
-        return self.k[layer, :, :, :self.n + T], self.v[layer, :, :, :self.n + T]
-
-    def advance(self, T):
-        self.n += T
-
-
-class RefineCache(KVCache):
-    """Keys and values of all L positions, for a global stage that refreshes them only every r steps. A full
-    forward (idx None) writes all of them; a forward over the positions idx (B, T) alone rewrites those and
-    attends to all L: the other positions' keys and values are then as old as the last full forward (dKV-Cache,
-    dLLM-Cache). Exact only when every step is a full forward (r = 1)."""
-    idx = None
-
-    def put(self, layer, k, v):
-        if self.idx is None:
-            return super().put(layer, k, v)  # n stays 0: the whole sequence
-        i = self.idx[:, None, :, None].expand(-1, k.size(1), -1, k.size(3))  # (B, nh, T, hs)
-        self.k[layer].scatter_(2, i, k)
-        self.v[layer].scatter_(2, i, v)
-        return self.k[layer], self.v[layer]
-
-
-def inverse_cdf(p, u):
-    """Index drawn from each row of unnormalized weights p (N, K) with the uniforms u (N,)."""
-    csum = p.cumsum(-1)
-    return torch.searchsorted(csum, (u * csum[:, -1])[:, None]).clamp(max=p.size(-1) - 1).squeeze(-1)
-
-
-def sample_tokens(logits, u, top_p=0.9, temperature=1.0, nucleus='standard'):
-    """Draw one token per row of logits (N, V) by inverse CDF with the given uniforms u (N,), from the
-    nucleus: nucleus='standard' keeps the smallest set of tokens whose mass reaches top_p (the token that
-    crosses top_p is kept; Holtzman et al.); 'bd3lm' keeps the tokens whose cumulative mass, their own
-    included, is <= top_p, and always the most likely one (BD3-LM's _nucleus_sample drops the crossing token).
-    Returns tokens (N,) and their probability under the full softmax at this temperature, *before*
-    nucleus truncation: the snapshot confidence measures the model's belief, not the sampler's."""
-    if temperature == 0:
-        tok = logits.argmax(-1)
-        return tok, F.softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1)
-    probs = F.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)  # (N, V)
-    if top_p >= 1.0:  # no truncation: inverse CDF in vocabulary order
-        tok = inverse_cdf(probs, u)
-        return tok, probs.gather(-1, tok[:, None]).squeeze(-1)
-    # a trained model's nucleus is a few dozen tokens: find it with topk, and fall back to a longer topk or
-    # the full 50K-way sort (30x slower) only for the rows whose nucleus is longer
-    tok = torch.empty(len(probs), dtype=torch.long, device=probs.device)
-    rows = torch.arange(len(probs), device=probs.device)
-    for k in (64, 1024, probs.size(-1)):
-        p = probs if len(rows) == len(probs) else probs[rows]
-        sp, si = p.topk(min(k, probs.size(-1)), dim=-1)  # (n, k), sorted descending
-        ok = (sp.sum(-1) >= top_p) | (k >= probs.size(-1))
-        sp, si = sp[ok], si[ok]
-        if nucleus == 'bd3lm':  # keep a token if the mass up to and including it is <= top_p, and the first
-            keep = sp.cumsum(-1) <= top_p
-            keep[:, 0] = True
-        else:  # keep a token if the mass before it is below top_p
-            keep = (sp.cumsum(-1) - sp) < top_p
-        sp = sp * keep
-        tok[rows[ok]] = si.gather(-1, inverse_cdf(sp, u[rows[ok]])[:, None]).squeeze(-1)
-        rows = rows[~ok]
-        if len(rows) == 0:
-            break
-    return tok, probs.gather(-1, tok[:, None]).squeeze(-1)
-
-
-def reveal_counts(m, steps, s):
-    """How many positions each row reveals at step s of a block: m (B,) masked at the start of the block.
-    steps=None: one per step (BD3-LM's first-hitting sampler, B steps per block); else m spread evenly
-    over `steps` steps (several tokens per forward pass: fewer passes, lower quality)."""
-    if steps is None:
-        return (s < m).long()
-    return (m * (s + 1)) // steps - (m * s) // steps
-
-
-@torch.no_grad()
-def denoise(model, x, conf, block_size, gens, steps=None, top_p=0.9, temperature=1.0, use_cache=True, nucleus='standard',
-            order='random', threshold=None, refresh=1):
-    """Fill every MASK in x (B, L) block by block, left to right; x and conf (B, L) are updated in place.
-
-    block_size < L: semi-autoregressive. Clean blocks live in a KV cache; the current block runs alone
-    against it; once the block is complete, one forward over the clean block writes its keys/values.
-    block_size = L: global diffusion, one block with full bidirectional attention.
-    Which still-masked positions a step reveals:
-      order='random': random ones; the head runs on those positions only (BD3-LM's first-hitting sampler
-        draws a token everywhere and keeps one: the other draws would be thrown away).
-      order='confidence': a token is drawn at every masked position of the block and the most probable
-        draws are kept (LLaDA's low-confidence remasking); the head runs on all masked positions.
-    and how many: steps=None one per step (B steps per block); steps=S the block's masked positions spread
-    evenly over S steps; threshold=tau every draw with probability >= tau and at least the most probable one
-    (Fast-dLLM's parallel decoding; implies order='confidence', and the model's confidence sets the steps).
-    refresh=r > 1 (global stages with use_cache): the positions this stage does not denoise get their keys and
-    values recomputed only every r steps (r = 0: only at the stage's first step); in between only the stage's
-    masked positions run through the trunk (RefineCache; an approximation, r = 1 is exact and runs the whole
-    sequence every step).
-    gens: one torch.Generator per row, so a row's samples do not depend on the rest of the batch.
-    use_cache=False runs the whole prefix each step with the block-causal mask (the slow reference).
-    Returns per-row counts (B,) as a batch-1 sampler would make them: nfe (denoising forwards in which the row
-    reveals a token), cache_passes, token_forwards (tokens through the trunk in those forwards)."""
-    B, L = x.shape
-    mask_id = model.config.mask_id
-    cache = KVCache(model.config.n_layer, L) if use_cache and block_size < L else None
-    weight_t = model.lm_head.weight.t().contiguous()  # (C, V), see DiD.logits
-    by_conf = order == 'confidence' or threshold is not None
-    stats = {k: torch.zeros(B, dtype=torch.long) for k in ('nfe', 'cache_passes', 'token_forwards')}
-    active, n_fwd = None, 0  # the stage's masked positions (B, M), when a global stage reuses the others' keys/values
-    if block_size == L and use_cache and refresh != 1:
-        n = (x == mask_id).sum(1)
-        if (n == n[0]).all() and 0 < n[0] < L:  # every row has as many (a refine stage): one (B, M) index
-            active = (x == mask_id).nonzero()[:, 1].view(B, -1)
-            rcache = RefineCache(model.config.n_layer, L)
-    for start in range(0, L, block_size):
-        end = start + block_size
-        m = (x[:, start:end] == mask_id).sum(1)  # (B,) masked positions per row in this block
-        n_steps = int(m.max()) if steps is None or threshold is not None else steps
-        s = 0
-        while s < n_steps:
-            still = x[:, start:end] == mask_id
-            k = reveal_counts(m, steps, s) if threshold is None else still.any(1).long()  # (B,) tokens this step
-            if threshold is not None and not k.any():
-                break
-            s += 1
-            if not k.any():
-                continue
-            u = torch.zeros(B, 2, block_size)  # per-row uniforms: position choice, token choice
-            for i in k.nonzero().flatten().tolist():  # only rows that reveal draw, so rows never interact
-                u[i] = torch.rand(2, block_size, generator=gens[i])
-            u = u.to(x.device)
-            n_tok = block_size if cache is not None or block_size == L else end
-            n_fwd += 1
-            full = n_fwd == 1 or (refresh > 0 and (n_fwd - 1) % refresh == 0)  # refresh 0: the stage's first forward only
-            if active is not None and not full:  # the stage's positions alone, against cached keys/values
-                rcache.idx, n_tok = active, active.size(1)
-                ha = model.hidden(x.gather(1, active), active, cache=rcache)  # (B, M, C)
-                h = ha.new_zeros(B, L, ha.size(-1)).scatter_(1, active[..., None].expand_as(ha), ha)
-            elif active is not None:  # a full forward, which refreshes every position's keys and values
-                rcache.idx = None
-                h = model.hidden(x, torch.arange(L, device=x.device), cache=rcache)
-            elif cache is not None:
-                h = model.hidden(x[:, start:end], torch.arange(start, end, device=x.device), cache=cache)
-            elif block_size == L:
-                h = model.hidden(x, torch.arange(L, device=x.device))
-            else:
-                mask = block_causal_mask(L, block_size, x.device)[:end, :end]
-                h = model.hidden(x[:, :end], torch.arange(end, device=x.device), attn_mask=mask)[:, start:]
-            if by_conf:  # draw everywhere still masked, keep the k most probable draws
-                cand = still & (k > 0)[:, None].to(x.device)
-                tok_c, p_c = sample_tokens(model.logits(h[cand], weight_t), u[:, 1][cand], top_p, temperature, nucleus)
-                tok = torch.zeros_like(still, dtype=torch.long).masked_scatter(cand, tok_c)
-                p = torch.full(still.shape, -1.0, device=x.device, dtype=p_c.dtype).masked_scatter(cand, p_c)
-                if threshold is not None:
-                    k = torch.where(k > 0, (p >= threshold).sum(1).clamp(min=1).cpu(), 0)
-                rank = p.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
-                reveal = cand & (rank < k[:, None].to(x.device))
-                tok, p = tok[reveal], p[reveal]
-            else:
-                score = torch.where(still, u[:, 0], -1.0)
-                rank = score.argsort(dim=1, descending=True).argsort(dim=1)
-                reveal = still & (rank < k[:, None].to(x.device))  # k random masked positions per row
-                tok, p = sample_tokens(model.logits(h[reveal], weight_t), u[:, 1][reveal], top_p, temperature, nucleus)
-            x[:, start:end][reveal] = tok
-            conf[:, start:end][reveal] = p.to(conf.dtype)
-            stats['nfe'] += (k > 0).cpu()
-            stats['token_forwards'] += (k > 0).cpu() * n_tok
-        if cache is not None and end < L:  # the last block's keys/values would never be read
-            model.hidden(x[:, start:end], torch.arange(start, end, device=x.device), cache=cache)
-            cache.advance(block_size)
-            stats['cache_passes'] += 1
-            stats['token_forwards'] += block_size
-    return stats
-
-
-@torch.no_grad()
-def posthoc_confidence(model, x):
-    """The paper's baseline score: one full-attention forward over the finished sequence, and the
-    probability each present token gets there. Note that a SUBS-trained denoiser is never trained at
-    unmasked positions (they are copied), which is one reason this score cannot find the draft's errors."""
-    h = model.hidden(x, torch.arange(x.size(1), device=x.device))
-    return F.softmax(model.logits(h), dim=-1).gather(-1, x[..., None]).squeeze(-1)  # (B, L)
-
-
-STAGE_OPTIONS = dict(steps=None, order='random', threshold=None, refresh=1)  # denoise's schedule, per stage
-
-
-def stage_options(stage):
-    """(block_size, gamma[, steps or {option: value}]) -> block_size, gamma, and all of denoise's options."""
-    bs, gamma, *rest = stage
-    opts = rest[0] if rest and isinstance(rest[0], dict) else {'steps': rest[0] if rest else None}
-    return bs, gamma, {**STAGE_OPTIONS, **opts}
-
-
-def check_sampling(stages, L, prompt_len, remask, top_p, temperature, nucleus):
-    """One ValueError per bad sampling setting, before any work."""
-    if not stages or stages[0][1] != 1.0:
-        raise ValueError(f"the first stage is the draft and must have gamma = 1 (all masked), got {stages}")
-    for stage in stages:
-        bs, gamma, o = stage_options(stage)
-        if bs <= 0 or L % bs:
-            raise ValueError(f"block size {bs} does not divide the sequence length {L}; use a divisor of {L}")
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"remask ratio gamma={gamma} is outside [0, 1]")
-        if set(o) - set(STAGE_OPTIONS):
-            raise ValueError(f"unknown stage option {sorted(set(o) - set(STAGE_OPTIONS))}; use {sorted(STAGE_OPTIONS)}")
-        if o['steps'] is not None and o['steps'] < 1:
-            raise ValueError(f"steps={o['steps']} per block: every block needs at least one denoising step")
-        if o['order'] not in ('random', 'confidence'):
-            raise ValueError(f"unknown reveal order {o['order']!r}; use random or confidence")
-        if o['threshold'] is not None and not 0 < o['threshold'] <= 1:
-            raise ValueError(f"confidence threshold {o['threshold']} must be in (0, 1]")
-        if o['refresh'] < 0:
-            raise ValueError(f"refresh={o['refresh']}: keys and values are refreshed every r >= 1 steps (0: never)")
-    if not 0 < prompt_len < L:
-        raise ValueError(f"prompt of {prompt_len} tokens must be between 1 and {L - 1} tokens (seq_len {L})")
-    if remask not in ('snapshot', 'posthoc', 'random'):
-        raise ValueError(f"unknown remask strategy {remask!r}; use snapshot, posthoc or random")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p={top_p} must be in (0, 1]")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0: greedy)")
-    if nucleus not in ('standard', 'bd3lm'):
-        raise ValueError(f"unknown nucleus rule {nucleus!r}; use standard or bd3lm")
-
-
-@torch.no_grad()
-def generate(model, prompt, seeds, stages=((4, 1.0), (1024, 0.25)), remask='snapshot', top_p=0.9,
-             temperature=1.0, use_cache=True, nucleus='standard'):
-    """Diffusion in Diffusion: K-stage generation of len(seeds) sequences of seq_len tokens.
-
-    prompt: list of token ids at positions 0.. (default in sample.py: [<|endoftext|>], as BD3-LM).
-    stages: (block_size, gamma), (block_size, gamma, steps) or (block_size, gamma, {option: value}) per stage,
-    the options being denoise's schedule (steps, order, threshold, refresh). Stage 1 (gamma = 1) drafts from an
-    all-MASK sequence; each later stage remasks floor(gamma * n) of the n generated positions per sequence,
-    chosen by `remask`, and denoises them again with its block size (DiD's headline setting: draft B=4, refine B=L).
-      snapshot: lowest snapshot confidence (probability of the token when it was committed; DiD's method)
-      posthoc:  lowest probability under one forward pass over the finished sequence (the paper's baseline)
-      random:   uniformly random positions
-    seeds: one seed per sequence; sequence i is the same whatever batch it runs in.
-    Returns a dict: tokens (B, L), conf (B, L) snapshot confidences (1.0 on the prompt), and per stage:
-    remasked (B, L) bool, history (B, L) tokens after the stage, stats (forward-pass counts)."""
-    L, mask_id = model.config.seq_len, model.config.mask_id
-    P = len(prompt)
-    check_sampling(stages, L, P, remask, top_p, temperature, nucleus)
-    device = model.lm_head.weight.device
-    B = len(seeds)
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    x = torch.full((B, L), mask_id, dtype=torch.long, device=device)
-    x[:, :P] = torch.tensor(prompt, dtype=torch.long, device=device)
-    conf = torch.ones(B, L, device=device, dtype=torch.promote_types(model.lm_head.weight.dtype, torch.float32))
-    remasked, history, stats = [], [], []
-    for k, stage in enumerate(stages):
-        bs, gamma, opts = stage_options(stage)
-        if k == 0:
-            sel = x == mask_id
-        else:
-            r = math.floor(gamma * (L - P))
-            if remask == 'snapshot':
-                score = conf.clone()
-            elif remask == 'posthoc':
-                score = posthoc_confidence(model, x).float()
-            else:
-                score = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device)
-            score[:, :P] = float('inf')  # prompt tokens are never remasked
-            idx = score.argsort(dim=1, stable=True)[:, :r]  # (B, r) lowest scores
-            sel = torch.zeros_like(x, dtype=torch.bool).scatter_(1, idx, True)
-            x[sel] = mask_id
-        remasked.append(sel)
-        stats.append(denoise(model, x, conf, bs, gens, top_p=top_p, temperature=temperature, use_cache=use_cache,
-                             nucleus=nucleus, **opts))
-        history.append(x.clone())
-    return dict(tokens=x, conf=conf, remasked=remasked, history=history, stats=stats)
-
-
-# -----------------------------------------------------------------------------
-# evaluation
-
 @torch.no_grad()
 def nelbo(model, batches, block_size, seed=1337, ctx=None, bos=False):
     """Validation NELBO per token (nats) at any block size: unclipped t in [1e-3, 1], no resampling, one
@@ -720,295 +452,483 @@ def clipped_schedule_search(block_losses, candidates):
     return min(scores, key=scores.get), scores
 
 
-def gpt2_encoding():
-    """tiktoken's GPT-2 BPE, or SystemExit with the fix when its files cannot be fetched (no network)."""
-    import tiktoken
-    try:
-        return tiktoken.get_encoding('gpt2')
-    except Exception as e:
-        raise SystemExit(f"error: tiktoken cannot load the GPT-2 BPE files ({type(e).__name__}; no network?): set "
-                         f"TIKTOKEN_CACHE_DIR to a folder holding them (in our workspace: ../shared/data/gpt2_bpe/"
-                         f"tiktoken_cache), or use characters (prepare_owt.py --tokenizer=char)")
-
-
-class Tokenizer:
-    """GPT-2 BPE (tiktoken) or characters, as written by prepare_owt.py into meta.json. eot is the document
-    separator <|endoftext|> (50256 for GPT-2), also the default one-token prompt."""
-
-    def __init__(self, meta):
-        self.kind, self.eot, self.vocab_size = meta['tokenizer'], meta['eot'], meta['vocab_size']
-        if self.kind == 'gpt2':
-            self.enc = gpt2_encoding()
-        else:
-            self.chars = meta['chars']
-            self.stoi = {c: i for i, c in enumerate(self.chars)}
-
-    def encode(self, text):
-        """Plain text -> ids; a literal "<|endoftext|>" in the text becomes the eot token."""
-        pieces = [self.enc.encode_ordinary(p) if self.kind == 'gpt2' else [self.stoi[c] for c in p]
-                  for p in text.split('<|endoftext|>')]
-        return sum((([self.eot] if i else []) + p for i, p in enumerate(pieces)), [])
-
-    def decode(self, ids):
-        if self.kind == 'gpt2':
-            return self.enc.decode(list(ids))
-        return ''.join(self.chars[i] if i < len(self.chars) else '<|endoftext|>' for i in ids)
-
-
-def check_device(device, dtype):
-    """One line, and the fix, for a device or dtype this machine cannot run (train.py, sample.py, bench.py)."""
-    if not re.fullmatch(r'cpu|mps|cuda(:\d+)?', device):
-        raise SystemExit(f"error: --device={device!r}: use cpu, cuda, cuda:N or mps")
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device={device} but this PyTorch sees no CUDA GPU: use --device=cpu, or install "
-                         f"a CUDA build of torch")
-    if device.startswith('cuda:') and int(device[5:]) >= torch.cuda.device_count():
-        raise SystemExit(f"error: --device={device} but there are {torch.cuda.device_count()} GPUs")
-    if device == 'mps' and not torch.backends.mps.is_available():
-        raise SystemExit("error: --device=mps but MPS is not available here: use --device=cpu")
-    if dtype not in ('float32', 'bfloat16', 'float16'):
-        raise SystemExit(f"error: --dtype={dtype!r}: use float32, bfloat16 or float16")
-
-
-ALIASES = {'block_size': 'seq_len', 'n_ctx': 'seq_len', 'context_length': 'seq_len', 'lr': 'learning_rate',
-           'iters': 'max_iters', 'num_iters': 'max_iters', 'gamma': 'stages', 'steps_per_block': 'steps'}
-
-
-def configure(cfg, argv, quiet=False):
-    """The poor man's configurator (nanoGPT): argv holds config files (python, run in cfg) and --key=value
-    overrides of the script's config block cfg (its globals), type-checked. Returns the config keys."""
-    keys = [k for k, v in cfg.items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, dict, list, tuple, type(None)))]
-    for arg in argv:
-        if not arg.startswith('--'):
-            if not os.path.isfile(arg):
-                raise SystemExit(f"error: config file {arg} not found (config files are in config/; "
-                                 f"overrides are written --key=value)")
-            if not quiet:
-                print(f"overriding config with {arg}")
-            try:
-                exec(open(arg).read(), cfg)
-            except Exception as e:
-                raise SystemExit(f"error: config file {arg} failed: {type(e).__name__}: {e}")
-            continue
-        key, eq, val = arg[2:].partition('=')
-        if not eq and isinstance(cfg.get(key), bool):
-            val = 'True'  # a bare --flag switches a boolean on
-        if key not in keys:
-            near = ALIASES.get(key) if ALIASES.get(key) in keys else next(iter(difflib.get_close_matches(key, keys, 1)), None)
-            hint = f"; did you mean --{near}?" if near else ""
-            raise SystemExit(f"error: unknown config key --{key}{hint} (the keys are in the config block at the top of the script)")
-        try:
-            val = ast.literal_eval(val)
-        except (ValueError, SyntaxError):
-            pass  # a plain string
-        old = cfg[key]
-        bad_bool = isinstance(val, bool) != isinstance(old, bool)  # True is an int to Python, not to us
-        if old is not None and (bad_bool or not isinstance(val, type(old)) and not (isinstance(val, int) and isinstance(old, float))):
-            raise SystemExit(f"error: --{key}={val!r} should be a {type(old).__name__}, like the default {old!r}")
-        cfg[key] = val
-    return keys
-
-
 # -----------------------------------------------------------------------------
-# loading checkpoints: ours (train.py's ckpt.pt) and BD3-LM's (kuleshov-group/bd3lm-owt-*)
+# 4. sampling (the paper's section 3): draft with small blocks, KV-cached; remask the tokens the model was least sure
+# of when it wrote them; denoise them again with one global block. First the exact sampler, then its faster schedules.
 
-def load_checkpoint(path, device='cpu'):
-    """train.py's ckpt.pt, or SystemExit with one line saying what is wrong with the file."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: {path} not found: train first (python train.py ...) or point --out_dir at a run")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:
-        raise SystemExit(f"error: {path} is not a readable checkpoint ({type(e).__name__}); it may be truncated "
-                         f"or from another program: retrain, or restore it from a copy")
-    need = {'model', 'ema', 'model_args', 'config', 'iter_num'}
-    if not isinstance(ckpt, dict) or not need <= set(ckpt):
-        raise SystemExit(f"error: {path} is not a train.py checkpoint (it lacks {sorted(need - set(ckpt) if isinstance(ckpt, dict) else need)})")
-    return ckpt
+@dataclass
+class Stage:
+    """One stage of the sampler: its block size and the share gamma of the generated tokens it remasks (1.0: the
+    draft, from an all-MASK sequence), then how it reveals them. The paper's sampler: one token per forward
+    (steps=None, threshold=None) at a random masked position (order='random', BD3-LM's first-hitting sampler),
+    every forward exact (refresh=1). The faster schedules:
+      order='confidence'  draw at every masked position of the block, keep the most probable (LLaDA)
+      steps=S             the block's masked positions over S forwards, several per forward
+      threshold=tau       every draw at least tau probable, at least one per forward (Fast-dLLM; confidence order)
+      refresh=r           global stages: the fixed tokens' keys/values recomputed every r forwards, the masked
+                          positions alone run in between (dKV-Cache, dLLM-Cache); 0: only at the first forward"""
+    block_size: int
+    gamma: float = 1.0
+    order: str = 'confidence'
+    steps: int = None
+    threshold: float = None
+    refresh: int = 1
 
 
 @torch.no_grad()
-def from_bd3lm(sd, seq_len=1024, dropout=0.0, n_head=None):
-    """Build a DiD from a BD3-LM / MDLM DiT state dict (keys 'backbone.*' as in its HF model, or without prefix).
+def generate(model, prompt, seeds, stages=None, remask='snapshot', top_p=0.9, temperature=1.0, nucleus='standard',
+             use_cache=True, hook=None):
+    """Diffusion in Diffusion: generate len(seeds) sequences of seq_len tokens in K stages (default: draft with
+    blocks of 4, then refine 25% with one global block).
 
-    BD3-LM keeps DiT's adaLN but feeds it time 0 (time_conditioning=False), so c = silu(sigma_map(0)) is a
-    constant and every shift, scale and gate is a constant vector. Fold them away:
-      modulate(LN_w(x), shift, scale) = LN(x) * w * (1 + scale) + shift  -> a LayerNorm with weight and bias
-      x + gate * (W y + b)                                              -> our residual gates gate_1, gate_2
-    n_head: the checkpoint config's n_heads (the state dict does not say; None: head dim 64, as small/medium).
-    Returns the model and the checkpoint's clipped noise interval (sampling_eps_min, sampling_eps_max), read
-    from its float32 buffers and rounded to 6 decimals (0.0010000000474974513 is the unclipped 1e-3)."""
-    sd = {k.removeprefix('backbone.'): v.double() for k, v in sd.items()}  # fold in float64, store in fp32
-    V, C = sd['vocab_embed.embedding'].shape
-    n_layer = 1 + max(int(k.split('.')[1]) for k in sd if k.startswith('blocks.'))
-    n_head = n_head or C // 64
-    model = DiD(DiDConfig(seq_len=seq_len, vocab_size=V, n_layer=n_layer, n_head=n_head, n_embd=C, dropout=dropout))
-    # the constant conditioning vector: sinusoidal embedding of t = 0 is [cos 0 ..., sin 0 ...] = [1..., 0...]
-    w0 = sd['sigma_map.mlp.0.weight']
-    emb = torch.cat([torch.ones(w0.shape[1] // 2), torch.zeros(w0.shape[1] - w0.shape[1] // 2)]).double()
-    c = F.silu(F.linear(F.silu(F.linear(emb, w0, sd['sigma_map.mlp.0.bias'])),
-                        sd['sigma_map.mlp.2.weight'], sd['sigma_map.mlp.2.bias']))
-    model.wte.weight[:V] = sd['vocab_embed.embedding']
-    for i, block in enumerate(model.h):
-        p = f'blocks.{i}.'
-        mod = F.linear(c, sd[p + 'adaLN_modulation.weight'], sd[p + 'adaLN_modulation.bias'])
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6)
-        block.ln_1.weight.copy_(sd[p + 'norm1.weight'] * (1 + scale1))
-        block.ln_1.bias.copy_(shift1)
-        block.attn.c_attn.weight.copy_(sd[p + 'attn_qkv.weight'])
-        block.attn.c_proj.weight.copy_(sd[p + 'attn_out.weight'])
-        block.gate_1.copy_(gate1)
-        block.ln_2.weight.copy_(sd[p + 'norm2.weight'] * (1 + scale2))
-        block.ln_2.bias.copy_(shift2)
-        block.mlp.c_fc.weight.copy_(sd[p + 'mlp.0.weight'])
-        block.mlp.c_fc.bias.copy_(sd[p + 'mlp.0.bias'])
-        block.mlp.c_proj.weight.copy_(sd[p + 'mlp.2.weight'])
-        block.mlp.c_proj.bias.copy_(sd[p + 'mlp.2.bias'])
-        block.gate_2.copy_(gate2)
-    shift, scale = F.linear(c, sd['output_layer.adaLN_modulation.weight'], sd['output_layer.adaLN_modulation.bias']).chunk(2)
-    model.ln_f.weight.copy_(sd['output_layer.norm_final.weight'] * (1 + scale))
-    model.ln_f.bias.copy_(shift)
-    model.lm_head.weight.zero_()
-    model.lm_head.bias.zero_()
-    model.lm_head.weight[:V] = sd['output_layer.linear.weight']
-    model.lm_head.bias[:V] = sd['output_layer.linear.bias']
-    eps = tuple(round(float(sd.get(k, torch.tensor(d))), 6) for k, d in (('sampling_eps_min', 1e-3), ('sampling_eps_max', 1.0)))
-    return model, eps
+    prompt: token ids at positions 0.. (sample.py: [<|endoftext|>], as BD3-LM). Stage 1 drafts every other
+    position; each later stage remasks floor(gamma * n) of the n generated positions of each row, chosen by remask,
+    and denoises them again with its block size:
+      snapshot: the lowest snapshot confidence (the probability of the token when it was committed; DiD)
+      posthoc:  the lowest probability in one forward over the finished sequence (the paper's baseline)
+      random:   uniformly random positions
+    seeds: one per sequence; sequence i is the same whatever batch it runs in. top_p, temperature, nucleus: the
+    token draw (sample_tokens). hook(event, stage, data): told of every stage's 'remask' (the positions, (B, L) bool)
+    and every forward's 'reveal' (see denoise), for progress bars and replays. Returns a dict: tokens (B, L), conf (B, L)
+    snapshot confidences (1 on the prompt), and per stage: remasked (B, L) bool, history (B, L) tokens after the
+    stage, stats (forward counts per row)."""
+    L, mask_id = model.config.seq_len, model.config.mask_id
+    stages = list(stages or [Stage(4), Stage(L, 0.25)])
+    check_sampling(stages, L, len(prompt), remask, top_p, temperature, nucleus)
+    device = model.lm_head.weight.device
+    x = torch.full((len(seeds), L), mask_id, dtype=torch.long, device=device)
+    x[:, :len(prompt)] = torch.tensor(prompt, dtype=torch.long, device=device)
+    return diffuse(model, x, x != mask_id, seeds, stages, remask, top_p, temperature, nucleus, use_cache, hook)
 
 
-def load_bd3lm(name, seq_len=1024, dropout=0.0):
-    """name: a Hugging Face repo id (kuleshov-group/bd3lm-owt-block_size4, ...) or a local directory holding
-    its model.safetensors or pytorch_model.bin, and its config.json (n_heads, block_size). Downloading needs
-    the optional huggingface_hub package. Returns the model and {block_size: noise interval}: the interval
-    the checkpoint's training searched, for the one block size it was searched for (empty when unclipped or
-    when config.json does not say the block size)."""
-    path = name
-    if not os.path.isdir(name):
-        try:
-            from huggingface_hub import snapshot_download
-        except ImportError:
-            raise SystemExit(f"error: downloading {name} needs huggingface_hub: pip install huggingface_hub "
-                             f"(or download the repo yourself and pass its local directory)")
-        path = snapshot_download(name, allow_patterns=['*.safetensors', '*.bin', '*.json'])
-    if os.path.exists(os.path.join(path, 'model.safetensors')):
-        from safetensors.torch import load_file
-        sd = load_file(os.path.join(path, 'model.safetensors'))
-    elif os.path.exists(os.path.join(path, 'pytorch_model.bin')):
-        sd = torch.load(os.path.join(path, 'pytorch_model.bin'), map_location='cpu', weights_only=True)
+def diffuse(model, x, fixed, seeds, stages, remask='snapshot', top_p=0.9, temperature=1.0, nucleus='standard',
+            use_cache=True, hook=None):
+    """The stages of generate on a given x (B, T): the first denoises every MASK, each later one remasks gamma of
+    the positions that are not fixed (B, T) and denoises them again. Used by generate, infill and generate_long."""
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]  # on the CPU: a row's draws are the same anywhere
+    draw = partial(sample_tokens, top_p=top_p, temperature=temperature, nucleus=nucleus)
+    conf = torch.ones(x.shape, device=x.device, dtype=torch.promote_types(model.lm_head.weight.dtype, torch.float32))
+    remasked, history, stats = [], [], []
+    free = int((~fixed[0]).sum())  # positions each row may remask (every row has as many)
+    for k, stage in enumerate(stages):
+        sel = x == model.config.mask_id if k == 0 else lowest(model, x, conf, gens, math.floor(stage.gamma * free), fixed, remask)
+        x[sel] = model.config.mask_id
+        remasked.append(sel)
+        if hook:
+            hook('remask', k, sel)
+        stats.append(denoise(model, x, conf, stage, gens, draw, use_cache, hook and (lambda e, d, k=k: hook(e, k, d))))
+        history.append(x.clone())
+    return dict(tokens=x, conf=conf, remasked=remasked, history=history, stats=stats)
+
+
+def lowest(model, x, conf, gens, r, fixed, remask):
+    """The r positions of each row with the lowest score, none of them fixed (B, T): the lowest snapshot confidence
+    (DiD), the lowest probability in one forward over the sequence (posthoc), or random ones."""
+    if remask == 'snapshot':
+        score = conf.clone()
+    elif remask == 'posthoc':
+        score = posthoc_confidence(model, x).to(conf.dtype)
     else:
-        raise SystemExit(f"error: no model.safetensors or pytorch_model.bin in {path}")
-    cfg_path = os.path.join(path, 'config.json')
-    cfg = json.load(open(cfg_path)) if os.path.exists(cfg_path) else {}
-    model, eps = from_bd3lm(sd, seq_len, dropout, cfg.get('n_heads'))
-    block = cfg.get('block_size')
-    return model, ({block: eps} if block and eps != (1e-3, 1.0) else {})
+        score = torch.stack([torch.rand(x.size(1), generator=g) for g in gens]).to(x.device, conf.dtype)
+    score[fixed] = float('inf')
+    idx = score.argsort(dim=1, stable=True)[:, :r]  # (B, r)
+    return torch.zeros_like(x, dtype=torch.bool).scatter_(1, idx, True)
 
-# -----------------------------------------------------------------------------
-# generative perplexity (the BD3-LM protocol) and entropy
 
 @torch.no_grad()
-def sample_nll(logits_fn, ids, eos, ctx_len, stride=None):
-    """Summed NLL and count of one sample's scored tokens under a causal judge: logits_fn(ids (T,)) -> (T, V).
-    The first token is context only, never scored; targets equal to eos are excluded (BD3-LM). A sample longer
-    than the judge's context is scored with a sliding window of ctx_len and stride ctx_len // 2: the first
-    window scores all its tokens, each later one only the tokens no earlier window scored."""
-    stride = stride or ctx_len // 2
-    T = len(ids)
-    nll, count, scored_to = 0.0, 0, 1
-    for begin in range(0, T, stride):
-        end = min(begin + ctx_len, T)
-        logp = F.log_softmax(logits_fn(ids[begin:end]).double(), dim=-1)  # (end - begin, V)
-        tgt = ids[scored_to:end]
-        lp = logp[scored_to - 1 - begin:end - 1 - begin].gather(-1, tgt[:, None]).squeeze(-1)
-        keep = tgt != eos
-        nll, count = nll - lp[keep].sum().item(), count + int(keep.sum())
-        scored_to = end
-        if end == T:
-            break
-    return nll, count
+def posthoc_confidence(model, x):
+    """The paper's baseline score: one full-attention forward over the finished sequence, and the probability
+    each present token gets there. A SUBS-trained denoiser is never trained at unmasked positions (they are
+    copied), which is one reason this score cannot find the draft's errors."""
+    h = model.hidden(x, torch.arange(x.size(1), device=x.device))
+    return F.softmax(model.logits(h), dim=-1).gather(-1, x[..., None]).squeeze(-1)  # (B, L)
 
 
-def gen_ppl(logits_fn, samples, eos, ctx_len):
-    """Generative perplexity of samples (lists of judge token ids): the mean of the per-sample perplexities
-    (what the BD3-LM and DiD tables report), their standard deviation, and the token-weighted perplexity.
-    A sample with no scored token (every target EOS) has no perplexity (0/0) and is left out, as BD3-LM's
-    NaN-skipping mean leaves it out; the list of per-sample values keeps it as NaN."""
-    per = [sample_nll(logits_fn, torch.as_tensor(s), eos, ctx_len) for s in samples]
-    ppls = torch.tensor([math.exp(n / c) if c else float('nan') for n, c in per], dtype=torch.float64)
-    ok = ppls[~ppls.isnan()]
-    weighted = math.exp(sum(n for n, _ in per) / max(sum(c for _, c in per), 1))
-    return (ok.mean().item() if len(ok) else float('nan'), ok.std().item() if len(ok) > 1 else 0.0, weighted,
-            ppls.tolist())
+@torch.no_grad()
+def denoise(model, x, conf, stage, gens, draw, use_cache=True, hook=None):
+    """Fill every MASK of x (B, T) in place, block by block, left to right; conf gets each revealed token's
+    probability. Returns per-row counts as a batch-1 sampler would make them: nfe (forwards in which the row
+    reveals a token), cache_passes (the draft's KV-cache writes) and token_forwards (tokens through the trunk).
+    hook(event, data), if given, hears every forward's 'reveal': (the positions it revealed (B, T) bool, x, conf)."""
+    B, T = x.shape
+    stats = {k: torch.zeros(B, dtype=torch.long) for k in ('nfe', 'cache_passes', 'token_forwards')}
+    forward = (GlobalForward(model, x, stage.refresh, use_cache) if stage.block_size == T else
+               BlockForward(model, x, stage.block_size, use_cache))
+    weight_t = model.lm_head.weight.t().contiguous()  # (C, V), see DiD.logits
+    for start in range(0, T, stage.block_size):
+        fill(model, x, conf, slice(start, start + stage.block_size), stage, gens, draw, partial(forward, start), stats,
+             weight_t, hook)
+        forward.block_done(start, stats)
+    return stats
 
 
-def unigram_entropy(ids):
-    """Entropy (nats) of the token frequencies within one sample; real OWT text is about 5.6, repetition lower."""
-    _, counts = torch.unique(torch.as_tensor(ids), return_counts=True)
-    p = counts.double() / counts.sum()
-    return -(p * p.log()).sum().item()
-
-
-def words(text):
-    """The words of a text for the real-word rate: lowercased runs of letters (a sample's <|endoftext|> is not one)."""
-    return re.findall(r'[a-z]+', text.replace('<|endoftext|>', ' ').lower())
-
-
-def real_word_rate(text, vocab):
-    """Share of text's words that occur in vocab (a set of words, e.g. words(training text)); NaN if none.
-    Real Tiny Shakespeare scores about 0.98 against its own training split; character soup far less."""
-    w = words(text)
-    return sum(x in vocab for x in w) / len(w) if w else float('nan')
-
-
-def clean_up_tokenization(text):
-    """The whitespace clean-up of Hugging Face's batch_decode (transformers <= 4.44 applied it by default,
-    clean_up_tokenization_spaces=True; BD3-LM's paper code pinned 4.38.2): our GPT-2 samples are decoded
-    with tiktoken, which does not do it, so the gpt2-large protocol applies it before re-encoding."""
-    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
-                 (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
-        text = text.replace(a, b)
-    return text
-
-
-class Judge:
-    """A causal LM that scores samples: our own AR checkpoint (train.py --causal=True), or a Hugging Face causal
-    LM: 'gpt2-large' (the paper's judge) or a local folder holding one (through the optional transformers
-    package). Both re-encode the decoded text; score() follows BD3-LM's Gen PPL protocol."""
-
-    def __init__(self, name, device='cpu'):
-        self.device, self.name = device, name
-        self.hf = name.startswith('gpt2') or os.path.isfile(os.path.join(name, 'config.json'))
-        if self.hf:
-            try:
-                from transformers import AutoModelForCausalLM, AutoTokenizer
-            except ImportError:
-                raise SystemExit(f"error: --judge={name} needs transformers: pip install transformers "
-                                 f"(or pass --judge=path/to/ar_ckpt.pt, an AR model trained with --causal=True)")
-            try:
-                self.tok = AutoTokenizer.from_pretrained(name)
-                self.model = AutoModelForCausalLM.from_pretrained(name).to(device).eval()
-            except OSError as e:
-                raise SystemExit(f"error: cannot load the judge {name} ({str(e).splitlines()[0][:150]}): it needs a "
-                                 f"network the first time, or pass a local folder or --judge=path/to/ar_ckpt.pt")
-            self.eos, self.ctx_len = self.tok.eos_token_id, self.model.config.n_positions
-            self.encode = lambda text: self.tok(text, add_special_tokens=False)['input_ids']
-            self.logits = lambda ids: self.model(ids[None].to(device)).logits[0]
+def fill(model, x, conf, blk, stage, gens, draw, forward, stats, weight_t=None, hook=None):
+    """Reveal every MASK of x's block blk (a slice of positions), one forward() -> (hidden states of the block,
+    tokens it ran) at a time, as many tokens per forward as the stage's schedule says. Where it reads values
+    (a GPU sync): the masked count once per block, and with a threshold the count each forward revealed."""
+    n = blk.stop - blk.start
+    left = (x[:, blk] == model.config.mask_id).sum(1).cpu()  # (B,) masked per row (a device sync per block)
+    m, s = left.clone(), 0
+    while left.any():
+        k = reveal_counts(m, left, stage.steps, s)  # (B,) tokens each row reveals in this forward
+        s += 1
+        if not k.any():
+            continue
+        u = row_uniforms(gens, k, n).to(x.device)  # (B, 2, n): position choice, token choice
+        h, n_tok = forward()  # (B, n, C): the block's hidden states
+        still = x[:, blk] == model.config.mask_id
+        kd = k.to(x.device)
+        if stage.order == 'random':
+            reveal, tok, p = reveal_random(model, h, still, kd, u, draw, weight_t)
         else:
-            ckpt = load_checkpoint(name, device)
-            if not ckpt['config'].get('causal'):
-                raise SystemExit(f"error: judge {name} is not a causal model: train one with train.py --causal=True")
-            self.model = DiD(DiDConfig(**ckpt['model_args']))
-            self.model.load_state_dict(ckpt['ema'])
-            self.model.to(device).eval()
-            tok = Tokenizer(ckpt['meta'])
-            self.eos, self.ctx_len, self.encode = tok.eot, self.model.config.seq_len, tok.encode
-            self.logits = lambda ids: self.model.logits(self.model.hidden(
-                ids[None].to(device), torch.arange(len(ids), device=device), is_causal=True))[0, :, :tok.vocab_size]
+            reveal, tok, p = reveal_confident(model, h, still, kd, u, draw, weight_t, stage.threshold)
+        x[:, blk][reveal] = tok
+        conf[:, blk][reveal] = p.to(conf.dtype)
+        if hook:  # the positions this forward revealed, (B, T), and the live x and conf
+            hook('reveal', (torch.zeros_like(x, dtype=torch.bool).index_copy_(1, torch.arange(blk.start, blk.stop, device=x.device), reveal), x, conf))
+        left -= k if stage.threshold is None else reveal.sum(1).cpu()  # the threshold decided how many: a sync
+        stats['nfe'] += k > 0
+        stats['token_forwards'] += (k > 0) * n_tok
 
-    @torch.no_grad()
-    def score(self, texts, max_len):
-        """BD3-LM's protocol on decoded samples: clean up the whitespace as its batch_decode did (Hugging Face
-        judges), re-encode with the judge's tokenizer, truncate to max_len tokens (the sampler's L), score.
-        Returns gen_ppl's (mean, std, token-weighted, per-sample) and the mean unigram entropy of the ids."""
-        ids = [self.encode(clean_up_tokenization(t) if self.hf else t)[:max_len] for t in texts]
-        return gen_ppl(self.logits, ids, self.eos, self.ctx_len), sum(map(unigram_entropy, ids)) / len(ids)
+
+def reveal_counts(m, left, steps, s):
+    """How many masked positions each row reveals in step s of a block, m (B,) masked at its start and `left` still
+    masked: one (BD3-LM's first-hitting sampler; L' forwards per block), or m spread evenly over `steps` forwards."""
+    if steps is None:
+        return (left > 0).long()
+    return (m * (s + 1)) // steps - (m * s) // steps
+
+
+def row_uniforms(gens, k, n):
+    """(B, 2, n) uniforms, position choice and token choice, drawn only for the rows that reveal (k > 0), each from
+    its own generator: a row's samples do not depend on the rest of the batch."""
+    u = torch.zeros(len(gens), 2, n)
+    for i in k.nonzero().flatten().tolist():
+        u[i] = torch.rand(2, n, generator=gens[i])
+    return u
+
+
+def reveal_random(model, h, still, k, u, draw, weight_t=None):
+    """BD3-LM's first-hitting step: reveal k[i] random masked positions of row i (the highest u[i, 0] among them);
+    the head runs at those positions only (drawing everywhere and keeping one would throw the other draws away).
+    h (B, n, C) hidden states of a block of n positions, still (B, n) its masked positions. Returns the revealed
+    positions (B, n) bool, their tokens and probabilities (in row-major order)."""
+    score = torch.where(still, u[:, 0], -1.0)
+    rank = score.argsort(dim=1, descending=True).argsort(dim=1)
+    reveal = still & (rank < k[:, None])
+    tok, p = draw(model.logits(h[reveal], weight_t), u[:, 1][reveal])
+    return reveal, tok, p
+
+
+def reveal_confident(model, h, still, k, u, draw, weight_t=None, threshold=None):
+    """LLaDA's low-confidence remasking, read the other way: draw a token at every masked position of the rows that
+    reveal (k > 0) and keep the k[i] most probable draws; with a threshold, every draw at least that probable and
+    at least the most probable one (Fast-dLLM's parallel decoding). Same arguments and returns as reveal_random."""
+    cand = still & (k > 0)[:, None]
+    tok_c, p_c = draw(model.logits(h[cand], weight_t), u[:, 1][cand])
+    tok = torch.zeros_like(still, dtype=torch.long).masked_scatter(cand, tok_c)
+    p = torch.full(still.shape, -1.0, device=h.device, dtype=p_c.dtype).masked_scatter(cand, p_c)
+    if threshold is not None:
+        k = torch.where(k > 0, (p >= threshold).sum(1).clamp(min=1), 0)
+    rank = p.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+    reveal = cand & (rank < k[:, None])
+    return reveal, tok[reveal], p[reveal]
+
+
+class KVCache:
+    """Keys and values of the clean prefix for every layer, (n_layer, B, nh, L, hs), filled up to n.
+    A block's forward writes its keys/values at [n, n + T) and attends to [0, n + T); only a forward
+    over the *clean* block is followed by advance(), so the slot holds exactly what the clean copy
+    x_0 holds in training (block-causal attention, M_BC)."""
+
+    def __init__(self, n_layer, L):
+        self.shape = (n_layer, L)
+        self.k = self.v = None
+        self.n = 0
+
+    def put(self, layer, k, v):
+        if self.k is None:  # allocate on first use, in the compute dtype (bf16 under autocast)
+            B, nh, T, hs = k.shape
+            n_layer, L = self.shape
+            self.k = k.new_zeros(n_layer, B, nh, L, hs)
+            self.v = v.new_zeros(n_layer, B, nh, L, hs)
+        T = k.size(2)
+        self.k[layer, :, :, self.n:self.n + T] = k
+        self.v[layer, :, :, self.n:self.n + T] = v
+        return self.k[layer, :, :, :self.n + T], self.v[layer, :, :, :self.n + T]
+
+    def advance(self, T):
+        self.n += T
+
+
+class BlockForward:
+    """The draft's forward (block size < L), exact: the current block alone against the KV cache of the clean blocks
+    before it, which is what block b attends to in training (itself, and the clean copy of blocks < b). Once the
+    block is complete, one forward over it writes its clean keys/values (M_BC). use_cache=False: the whole prefix
+    under the block-causal mask instead (the slow reference)."""
+
+    def __init__(self, model, x, block_size, use_cache):
+        self.model, self.x, self.bs = model, x, block_size
+        self.cache = KVCache(model.config.n_layer, x.size(1)) if use_cache else None
+
+    def __call__(self, start):
+        end, dev = start + self.bs, self.x.device
+        if self.cache is None:
+            mask = block_causal_mask(self.x.size(1), self.bs, dev)[:end, :end]
+            return self.model.hidden(self.x[:, :end], torch.arange(end, device=dev), attn_mask=mask)[:, start:], end
+        return self.model.hidden(self.x[:, start:end], torch.arange(start, end, device=dev), cache=self.cache), self.bs
+
+    def block_done(self, start, stats):
+        end = start + self.bs
+        if self.cache is not None and end < self.x.size(1):  # the last block's keys/values would never be read
+            self.model.hidden(self.x[:, start:end], torch.arange(start, end, device=self.x.device), cache=self.cache)
+            self.cache.advance(self.bs)
+            stats['cache_passes'] += 1
+            stats['token_forwards'] += self.bs
+
+
+class GlobalForward:
+    """A global stage's forward (block size L): the whole sequence with full attention, every forward (exact). With
+    refresh r != 1 only the first forward and every r-th after it (none after it for r = 0) run the whole sequence;
+    the forwards in between run the stage's masked positions alone, against every other position's keys and values
+    as the last full forward left them (StaleKV): an approximation, cheaper by about L / (masked positions)."""
+
+    def __init__(self, model, x, refresh, use_cache):
+        self.model, self.x, self.refresh, self.n = model, x, refresh, 0
+        self.active = None
+        if use_cache and refresh != 1:
+            masked = x == model.config.mask_id
+            n = masked.sum(1)
+            if not (n == n[0]).all():
+                raise ValueError("refresh != 1 needs the same number of masked positions in every row: use refresh=1")
+            self.active = masked.nonzero()[:, 1].view(len(x), -1)  # (B, M): the positions this stage denoises
+            self.stale = StaleKV(model.config.n_layer)
+
+    def __call__(self, start):
+        B, L = self.x.shape
+        pos = torch.arange(L, device=self.x.device)
+        self.n += 1
+        if self.active is None:
+            return self.model.hidden(self.x, pos), L
+        if self.n == 1 or (self.refresh > 0 and (self.n - 1) % self.refresh == 0):
+            return self.model.hidden(self.x, pos, cache=self.stale), L  # refreshes every key and value
+        a = self.active
+        ha = self.model.hidden(self.x.gather(1, a), a, cache=ActiveKV(self.stale, a))  # (B, M, C)
+        return ha.new_zeros(B, L, ha.size(-1)).scatter_(1, a[..., None].expand_as(ha), ha), a.size(1)
+
+    def block_done(self, start, stats):
+        pass
+
+
+class StaleKV:
+    """Every position's keys and values, per layer, as the last full forward computed them."""
+
+    def __init__(self, n_layer):
+        self.k, self.v = [None] * n_layer, [None] * n_layer
+
+    def put(self, layer, k, v):
+        self.k[layer], self.v[layer] = k.contiguous(), v.contiguous()  # v is a view of the qkv projection: copy it
+        return self.k[layer], self.v[layer]
+
+
+class ActiveKV:
+    """A forward over the positions idx (B, M) alone: their fresh keys and values replace the stale ones there,
+    and they attend to all L positions."""
+
+    def __init__(self, stale, idx):
+        self.stale, self.idx = stale, idx
+
+    def put(self, layer, k, v):
+        i = self.idx[:, None, :, None].expand(-1, k.size(1), -1, k.size(3))  # (B, nh, M, hs)
+        self.stale.k[layer].scatter_(2, i, k)
+        self.stale.v[layer].scatter_(2, i, v)
+        return self.stale.k[layer], self.stale.v[layer]
+
+
+def inverse_cdf(p, u):
+    """Index drawn from each row of unnormalized weights p (N, K) with the uniforms u (N,)."""
+    csum = p.cumsum(-1)
+    return torch.searchsorted(csum, (u * csum[:, -1])[:, None]).clamp(max=p.size(-1) - 1).squeeze(-1)
+
+
+def sample_tokens(logits, u, top_p=0.9, temperature=1.0, nucleus='standard'):
+    """Draw one token per row of logits (N, V) by inverse CDF with the given uniforms u (N,), from the
+    nucleus: nucleus='standard' keeps the smallest set of tokens whose mass reaches top_p (the token that
+    crosses top_p is kept; Holtzman et al.); 'bd3lm' keeps the tokens whose cumulative mass, their own
+    included, is <= top_p, and always the most likely one (BD3-LM's _nucleus_sample drops the crossing token).
+    Returns tokens (N,) and their probability under the full softmax at this temperature, *before*
+    nucleus truncation: the snapshot confidence measures the model's belief, not the sampler's."""
+    if temperature == 0:
+        tok = logits.argmax(-1)
+        return tok, F.softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1)
+    probs = F.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)  # (N, V)
+    if top_p >= 1.0:  # no truncation: inverse CDF in vocabulary order
+        tok = inverse_cdf(probs, u)
+        return tok, probs.gather(-1, tok[:, None]).squeeze(-1)
+    # a trained model's nucleus is a few dozen tokens: find it with topk, and fall back to a longer topk or
+    # the full 50K-way sort (30x slower) only for the rows whose nucleus is longer (a device sync per fallback)
+    tok = torch.empty(len(probs), dtype=torch.long, device=probs.device)
+    rows = torch.arange(len(probs), device=probs.device)
+    for k in (64, 1024, probs.size(-1)):
+        p = probs if len(rows) == len(probs) else probs[rows]
+        sp, si = p.topk(min(k, probs.size(-1)), dim=-1)  # (n, k), sorted descending
+        ok = (sp.sum(-1) >= top_p) | (k >= probs.size(-1))
+        sp, si = sp[ok], si[ok]
+        if nucleus == 'bd3lm':  # keep a token if the mass up to and including it is <= top_p, and the first
+            keep = sp.cumsum(-1) <= top_p
+            keep[:, 0] = True
+        else:  # keep a token if the mass before it is below top_p
+            keep = (sp.cumsum(-1) - sp) < top_p
+        sp = sp * keep
+        tok[rows[ok]] = si.gather(-1, inverse_cdf(sp, u[rows[ok]])[:, None]).squeeze(-1)
+        rows = rows[~ok]
+        if len(rows) == 0:
+            break
+    return tok, probs.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def check_sampling(stages, L, prompt_len, remask, top_p, temperature, nucleus):
+    """One ValueError per bad sampling setting, before any work."""
+    if not stages or not all(isinstance(s, Stage) for s in stages):
+        raise ValueError(f"stages must be a list of Stage(block_size, gamma, ...), got {stages}")
+    if stages[0].gamma != 1.0:
+        raise ValueError(f"the first stage is the draft and must have gamma = 1 (all masked), got {stages[0]}")
+    for s in stages:
+        if s.block_size <= 0 or L % s.block_size:
+            raise ValueError(f"block size {s.block_size} does not divide the sequence length {L}; use a divisor of {L}")
+        if not 0.0 <= s.gamma <= 1.0:
+            raise ValueError(f"remask ratio gamma={s.gamma} is outside [0, 1]")
+        if s.steps is not None and s.steps < 1:
+            raise ValueError(f"steps={s.steps} per block: every block needs at least one denoising step")
+        if s.order not in ('random', 'confidence'):
+            raise ValueError(f"unknown reveal order {s.order!r}; use random or confidence")
+        if s.threshold is not None and not 0 < s.threshold <= 1:
+            raise ValueError(f"confidence threshold {s.threshold} must be in (0, 1]")
+        if s.threshold is not None and (s.steps is not None or s.order != 'confidence'):
+            raise ValueError(f"a threshold stage reveals the most probable draws, as many as pass it: it takes "
+                             f"order='confidence' and no steps, got {s}")
+        if s.refresh < 0:
+            raise ValueError(f"refresh={s.refresh}: keys and values are refreshed every r >= 1 forwards (0: at the first only)")
+        if s.refresh != 1 and s.block_size != L:
+            raise ValueError(f"refresh={s.refresh} applies to global stages (block size {L}); a block of "
+                             f"{s.block_size} is drafted exactly with its KV cache")
+    if not 0 < prompt_len < L:
+        raise ValueError(f"prompt of {prompt_len} tokens must be between 1 and {L - 1} tokens (seq_len {L})")
+    if remask not in ('snapshot', 'posthoc', 'random'):
+        raise ValueError(f"unknown remask strategy {remask!r}; use snapshot, posthoc or random")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p={top_p} must be in (0, 1]")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0: greedy)")
+    if nucleus not in ('standard', 'bd3lm'):
+        raise ValueError(f"unknown nucleus rule {nucleus!r}; use standard or bd3lm")
+
+
+# -----------------------------------------------------------------------------
+# 5. beyond the paper's fixed length: infilling with the global stage, and text of any length
+
+@torch.no_grad()
+def infill(model, ids, seeds, stages=None, remask='snapshot', top_p=0.9, temperature=1.0, nucleus='standard', hook=None):
+    """Fill the holes of ids (a list of T <= seq_len token ids, MASK at the holes; everything else is fixed). The
+    default is DiD's global stage: one block of T positions, every fixed token visible to every hole, then a refine
+    of gamma 0.25 of the filled positions. A first stage of small blocks fills the holes left to right instead,
+    each block seeing only what precedes it (how a block-diffusion draft would). Returns generate's dict."""
+    T = len(ids)
+    stages = list(stages or [Stage(T), Stage(T, 0.25)])
+    check_sampling(stages, T, 1, remask, top_p, temperature, nucleus)
+    x = torch.tensor([ids] * len(seeds), dtype=torch.long, device=model.lm_head.weight.device)
+    if not (x == model.config.mask_id).any():
+        raise ValueError("nothing to fill: ids have no MASK")
+    return diffuse(model, x, x != model.config.mask_id, seeds, stages, remask, top_p, temperature, nucleus, hook=hook)
+
+
+@torch.no_grad()
+def generate_long(model, prompt, seeds, max_len, stages=None, stop=None, remask='snapshot', top_p=0.9, temperature=1.0,
+                  nucleus='standard', hook=None):
+    """Sequences of up to max_len tokens, also beyond the training length L (BD3-LM's variable-length sampling).
+
+    The draft (stages[0], blocks of B < L) goes on block by block, and its KV cache holds a window of at most L
+    positions: when it is full, the cache is rebuilt from prompt[0] (the <|endoftext|> every training window starts
+    with) and the last L/2 - 1 tokens at positions 0..L/2-1, and the draft goes on from position L/2. Every block
+    thus sees between L/2 and L tokens of context whose keys and values are exactly those of a fresh forward (the
+    training mask's clean copy), at the rotary positions training used. A row that writes `stop` past the prompt
+    (e.g. <|endoftext|>) ends there and leaves the batch. The later stages (block size L) refine each row window by
+    window: positions [0, L), then prompt[0] + the next L - 1 tokens, and so on; a window remasks gamma of its own
+    generated tokens and sees only itself (refine_windows). Returns, per row, dict(tokens, conf, draft, remasked) as lists."""
+    L, mask_id, n_layer = model.config.seq_len, model.config.mask_id, model.config.n_layer
+    stages = list(stages or [Stage(4), Stage(L, 0.25)])
+    check_sampling(stages, L, len(prompt), remask, top_p, temperature, nucleus)
+    bs, W, P = stages[0].block_size, L // 2, len(prompt)
+    if bs == L or any(s.block_size != L for s in stages[1:]) or W % bs or not 0 < P < max_len:
+        raise ValueError(f"generate_long drafts with blocks smaller than L={L} that divide L/2, refines with block "
+                         f"size L, and needs 0 < prompt < max_len; got {stages}, prompt {P}, max_len {max_len}")
+    device = model.lm_head.weight.device
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    draw = partial(sample_tokens, top_p=top_p, temperature=temperature, nucleus=nucleus)
+    n_blocks = -(-max_len // bs)
+    x = torch.full((len(seeds), n_blocks * bs), mask_id, dtype=torch.long, device=device)
+    x[:, :P] = torch.tensor(prompt, dtype=torch.long, device=device)
+    conf = torch.ones(x.shape, device=device, dtype=torch.promote_types(model.lm_head.weight.dtype, torch.float32))
+    out = [None] * len(seeds)
+    rows, cache, off = list(range(len(seeds))), KVCache(n_layer, L), 0  # window position = position - off
+    xa, ca, ga = x.clone(), conf.clone(), list(gens)  # the rows still drafting
+    weight_t = model.lm_head.weight.t().contiguous()
+    stats = {k: torch.zeros(len(rows), dtype=torch.long) for k in ('nfe', 'cache_passes', 'token_forwards')}
+    for start in range(0, n_blocks * bs, bs):
+        if start - off + bs > L:  # the window is full: rebuild it from prompt[0] and the last W - 1 tokens
+            off, cache = start - W, KVCache(n_layer, L)
+            win = torch.cat([xa[:, :1], xa[:, start - W + 1:start]], 1)  # (B, W)
+            pos = torch.arange(W, device=device)
+            model.hidden(win, pos, attn_mask=block_causal_mask(L, bs, device)[:W, :W], cache=cache)
+            cache.advance(W)
+        pos = torch.arange(start - off, start - off + bs, device=device)
+        forward = lambda: (model.hidden(xa[:, start:start + bs], pos, cache=cache), bs)  # noqa: E731
+        fill(model, xa, ca, slice(start, start + bs), stages[0], ga, draw, forward, stats, weight_t)
+        model.hidden(xa[:, start:start + bs], pos, cache=cache)  # the clean block's keys and values
+        cache.advance(bs)
+        blk = xa[:, start:start + bs]
+        pos_abs = torch.arange(start, start + bs, device=device)
+        hit = (blk == stop) & (pos_abs >= P) & (pos_abs < max_len) if stop is not None else torch.zeros_like(blk, dtype=torch.bool)
+        done = hit.any(1) | (start + bs >= max_len)
+        for j in done.nonzero().flatten().tolist():
+            end = start + int(hit[j].int().argmax()) + 1 if hit[j].any() else max_len
+            out[rows[j]] = dict(tokens=xa[j, :end].tolist(), conf=ca[j, :end].tolist(), stopped=bool(hit[j].any()))
+        if hook:
+            hook('block', 0, (start + bs, len(rows) - int(done.sum())))
+        if done.all():
+            break
+        keep = ~done  # finished rows leave the batch and cost nothing further
+        xa, ca, rows = xa[keep], ca[keep], [r for r, k in zip(rows, keep.tolist()) if k]
+        ga = [g for g, k in zip(ga, keep.tolist()) if k]
+        cache.k, cache.v = cache.k[:, keep], cache.v[:, keep]
+        stats = {k: v[keep.cpu()] for k, v in stats.items()}
+    for o, g in zip(out, gens):  # the refine: each window of each row on its own
+        refine_windows(model, o, prompt, stages[1:], g, remask, draw, stop)
+    return out
+
+
+def refine_windows(model, o, prompt, stages, gen, remask, draw, stop=None):
+    """generate_long's refine of one drafted row o (tokens, conf, stopped), in place: windows [0, L), then prompt[0]
+    + the next L - 1 tokens, and so on; each window remasks gamma of its own generated tokens, sees only itself,
+    and starts as a training window does. Records the draft and the remasked positions in o."""
+    L, mask_id, P = model.config.seq_len, model.config.mask_id, len(prompt)
+    o['draft'], o['remasked'], n = list(o['tokens']), [], len(o['tokens'])
+    bounds = [(0, min(L, n))] + [(a, min(a + L - 1, n)) for a in range(L, n, L - 1)]
+    weight = model.lm_head.weight  # the device and dtype of the model
+    for w, (a, b) in enumerate(bounds):
+        head = [] if w == 0 else [prompt[0]]
+        xw = torch.tensor([head + o['tokens'][a:b]], device=weight.device)
+        cw = torch.tensor([[1.0] * len(head) + o['conf'][a:b]], device=weight.device, dtype=torch.promote_types(weight.dtype, torch.float32))
+        fixed = torch.zeros_like(xw, dtype=torch.bool)
+        fixed[:, :P if w == 0 else 1] = True
+        fixed[:, -1] |= o['stopped'] and b == n  # the stop token that ended the row stays
+        for stage in stages:
+            sel = lowest(model, xw, cw, [gen], math.floor(stage.gamma * (xw.size(1) - int(fixed.sum()))), fixed, remask)
+            xw[sel] = mask_id
+            denoise(model, xw, cw, replace(stage, block_size=xw.size(1)), [gen], draw)
+            o['remasked'] += [a + j - len(head) for j in sel[0].nonzero().flatten().tolist()]
+        o['tokens'][a:b], o['conf'][a:b] = xw[0, len(head):].tolist(), cw[0, len(head):].tolist()
+    if stop is not None and stop in o['tokens'][P:-1]:  # a refine that wrote the stop token earlier ends the row there
+        end = o['tokens'].index(stop, P) + 1
+        o['tokens'], o['conf'], o['draft'] = o['tokens'][:end], o['conf'][:end], o['draft'][:end]
+        o['remasked'] = [j for j in o['remasked'] if j < end]

@@ -3,8 +3,8 @@ Tokenize OpenWebText, or any local text, into uint16 train.bin / val.bin (+ meta
 
 $ python prepare_owt.py                              # all of OpenWebText (needs `datasets`, ~54 GB download)
 $ python prepare_owt.py --num_docs=20000             # stream only the first 20K OWT documents: minutes on a laptop
-$ python prepare_owt.py --input=../shared/data/text/tinyshakespeare.txt --out_dir=data/shakespeare
-$ python prepare_owt.py --input=../shared/data/text/tinyshakespeare.txt --tokenizer=char --out_dir=data/shakespeare_char
+$ python prepare_owt.py --input=input.txt --out_dir=data/shakespeare                      # any text file, GPT-2 tokens
+$ python prepare_owt.py --input=input.txt --tokenizer=char --out_dir=data/shakespeare_char  # or characters
 
 Each document is encoded with tiktoken "gpt2" encode_ordinary (or as characters) and *preceded* by the
 <|endoftext|> token, so a training window that starts at a document starts the way sampling does: from
@@ -51,9 +51,12 @@ def read_local(paths):
                     for n, line in enumerate(f, 1):
                         if line.strip():
                             try:
-                                docs.append(json.loads(line)['text'])
+                                text = json.loads(line)['text']
                             except (ValueError, KeyError, TypeError):
                                 raise SystemExit(f"error: {path} line {n} is not a JSON object with a \"text\" field")
+                            if not isinstance(text, str):
+                                raise SystemExit(f"error: {path} line {n}: \"text\" is a {type(text).__name__}, not a string")
+                            docs.append(text)
                 else:
                     docs.append(f.read())
         except UnicodeDecodeError as e:
@@ -132,10 +135,15 @@ if __name__ == '__main__':
                          f"--overwrite to replace it")
     if not 0 < args.val_frac < 1:
         raise SystemExit(f"error: --val_frac={args.val_frac} must be between 0 and 1")
+    if args.num_proc < 1:
+        raise SystemExit(f"error: --num_proc={args.num_proc} must be at least 1")
     docs = read_local(args.input) if args.input else None
     if args.tokenizer == 'gpt2':
-        from did import gpt2_encoding
-        gpt2_encoding()  # the BPE files load here (or one line of error), before any work
+        from load import gpt2_encoding
+        try:
+            gpt2_encoding()  # the BPE files load here (or one line of error), before any work
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
     created = not os.path.isdir(args.out_dir)
     try:
         os.makedirs(args.out_dir, exist_ok=True)
@@ -148,7 +156,7 @@ if __name__ == '__main__':
         for path in files:
             if os.path.exists(path + '.tmp'):
                 os.remove(path + '.tmp')
-        if created and not os.listdir(args.out_dir):
+        if created and os.path.isdir(args.out_dir) and not os.listdir(args.out_dir):
             os.rmdir(args.out_dir)
         if isinstance(e, KeyboardInterrupt):
             raise SystemExit("error: interrupted; nothing was written")

@@ -4,6 +4,9 @@ Sample from a trained DiD model: draft with small blocks, then refine the least-
 $ python sample.py --out_dir=out-shakespeare-char --num_samples=2 --show
 $ python sample.py --out_dir=out --num_samples=300 --batch_size=32 --stages=4:1.0,1024:0.25 --out=samples.jsonl
 $ python sample.py --out_dir=out --stages=4:1.0 --prompt="The meaning of life is"      # draft only
+$ python sample.py --out_dir=out --max_len=4096 --stop_at_eos=True                   # any length, up to an <|endoftext|>
+$ python sample.py --out_dir=out --infill="To be, or ______ to be: that is the ________."  # every _ is a token to fill
+$ python sample.py --out_dir=out --num_samples=1 --html=replay.html                  # a page that replays the sample
 
 --stages is a list of block_size:gamma[:option=value...]. The first stage drafts (gamma = 1: everything
 masked); each later one remasks gamma of the generated tokens (chosen by --remask) and denoises them with its
@@ -14,18 +17,24 @@ a bare third field is steps: 4:1.0:2. Each forward reveals the most confident ma
 (--order=confidence); --order=random --nucleus=bd3lm is BD3-LM's sampler, with which the paper's numbers were made.
 """
 
+import signal
+import sys
+signal.signal(signal.SIGINT, lambda *_: sys.exit("error: interrupted while starting: nothing was sampled"))  # one line
+
 import contextlib
 import json
 import os
 import statistics
-import sys
 import time
 
 import torch
 from tqdm import tqdm
 
-from did import (DiD, DiDConfig, Judge, Tokenizer, check_device, check_sampling, configure, generate, load_checkpoint,
-                 real_word_rate, words)
+from configurator import check_device, configure, fail, guard
+from did import DiD, DiDConfig, Stage, check_sampling, generate, generate_long, infill as fill_holes
+from judge import Judge, real_word_rate, unigram_entropy, words
+from load import Tokenizer, load_checkpoint
+from replay import write_html
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'                 # the training run whose ckpt.pt (EMA weights) to sample from
@@ -34,46 +43,49 @@ batch_size = 4                  # sequences generated together
 stages = '4:1.0,L:0.25:steps=4:refresh=0'  # draft B=4, then remask 25% and refine with one global block in 4 forwards that
                                 # reuse the fixed tokens' keys/values (README: Sampling schedules); the paper: 4:1.0,L:0.25
 remask = 'snapshot'             # snapshot (DiD), posthoc (score the finished draft once) or random
-steps = None                    # denoising steps per block (None: one token per step); these four are the defaults of every stage
+steps = None                    # denoising steps per block (None: one token per step); --steps, --order, --threshold: every stage's default
 order = 'confidence'            # which masked positions a step reveals: confidence (the most probable draws first, LLaDA; more real words
                                 # at the same cost and entropy, README: Sampling schedules) or random (BD3-LM, the paper's sampler)
 threshold = None                # reveal every draw at least this probable, at least one per forward (Fast-dLLM); None: off
-refresh = 1                     # global stages: recompute the fixed tokens' keys/values every r forwards (1: exact; >1 reuse them, faster; 0: never)
+refresh = 1                     # global stages: recompute the fixed tokens' keys/values every r forwards (1: exact; >1 reuse them, faster; 0: at the first only)
 top_p = 0.9                     # nucleus sampling (BD3-LM's setting)
 nucleus = 'standard'            # 'standard' keeps the token that crosses top_p; 'bd3lm' drops it (BD3-LM's sampler, the paper's numbers)
 temperature = 1.0               # 0: greedy
 seed = 1337                     # sample i uses seed + i, whatever the batch size
 prompt = ''                     # text after the <|endoftext|> token at position 0
-out = ''                        # write samples as jsonl here (tokens, text, confidences, remasked positions)
+min_entropy = 0.0               # BD3-LM's Gen PPL protocol: redraw (up to 10 times) a sample whose draft has 256 tokens of unigram entropy below this (BD3-LM: 4); 0: off
+max_len = 0                     # > 0: sequences of up to this many tokens, beyond seq_len too (a sliding window; README: Any length)
+stop_at_eos = False             # with max_len: end a sequence at its first <|endoftext|>
+infill = ''                     # text whose runs of _ are holes, one token per _, filled by the global stage (README: Infilling)
+out = ''                        # write samples as jsonl here as they finish (tokens, text, confidences, remasked positions)
 overwrite = False               # allow --out to replace an existing file
+html = ''                       # write a page here that replays the first sample forward by forward
 show = False                    # print each sample with what the refine stage remasked and changed highlighted
 eval = False                    # score the samples: Gen PPL under --judge and unigram entropy, as one table row
-judge = 'gpt2-large'            # the paper's judge (needs transformers), a local Hugging Face folder, or path/to/ckpt.pt of an AR model (--causal=True)
+judge = 'gpt2-large'            # the paper's judge (needs transformers), a local Hugging Face folder, or an AR run (--causal=True): its out_dir or ckpt.pt
 words_from = ''                 # a text file whose words count as real: print the samples' real-word rate; '' skips it
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'
 # -----------------------------------------------------------------------------
-configure(globals(), sys.argv[1:])
-
-
-def fail(msg):
-    sys.exit(f"error: {msg}")
+_, given = configure(globals(), sys.argv[1:])
+if infill and 'stages' not in given:
+    stages = 'L:1.0,L:0.25'  # infilling: the global stage fills the holes, then refines a quarter of them
 
 
 def parse_stages(spec, L):
-    """'4:1.0:2,L:0.25:threshold=0.9' -> [(4, 1.0, {steps: 2, ...}), (L, 0.25, {threshold: 0.9, ...})], the flags
-    filling in what a stage does not say."""
+    """'4:1.0:2,L:0.25:threshold=0.9' -> [Stage(4, 1.0, steps=2, ...), Stage(L, 0.25, threshold=0.9, ...)]; the
+    flags --steps, --order, --threshold fill in what a stage does not say, and --refresh that of global stages."""
     out = []
     for part in str(spec).split(','):
         f = part.strip().split(':')
         try:
             bs, gamma = (L if f[0] == 'L' else int(f[0])), float(f[1])
-            opts = dict(steps=steps, order=order, threshold=threshold, refresh=refresh)
+            opts = dict(steps=steps, order=order, threshold=threshold, refresh=refresh if bs == L else 1)
             for i, kv in enumerate(f[2:]):
                 k, _, v = kv.rpartition('=') if '=' in kv else ('steps' if i == 0 else '?', '', kv)
                 assert k in opts
                 opts[k] = v if k == 'order' else (float(v) if k == 'threshold' else int(v))
-            out.append((bs, gamma, opts))
+            out.append(Stage(bs, gamma, **opts))
         except (AssertionError, ValueError, IndexError):
             fail(f"bad stage {part!r} in --stages; write block_size:gamma[:option=value...] with options steps, "
                  f"order, threshold, refresh, e.g. 4:1.0,L:0.25 or 4:1.0:steps=2,L:0.25:threshold=0.9")
@@ -96,6 +108,17 @@ def highlight(tok, ids, remasked, changed, color):
     return ''.join(parts)
 
 
+def writable(path, what):
+    """One line, now, if path cannot be written (a folder, an unwritable place); nothing is left behind."""
+    if os.path.isdir(path):
+        fail(f"--{what}={path} is a folder: give a file name")
+    try:
+        open(path + '.tmp', 'w').close()
+        os.remove(path + '.tmp')
+    except OSError as e:
+        fail(f"cannot write --{what}={path} ({e.strerror}): pick a path in a folder you can write to")
+
+
 # everything that can be wrong is checked before the first sample is drawn
 if num_samples <= 0 or batch_size <= 0:
     fail(f"--num_samples={num_samples} and --batch_size={batch_size} must be positive")
@@ -103,103 +126,228 @@ if steps is not None and (not isinstance(steps, int) or steps < 1):
     fail(f"--steps={steps!r} must be a positive integer (or None: one token per step)")
 if threshold is not None and not isinstance(threshold, (int, float)):
     fail(f"--threshold={threshold!r} must be a probability (or None: off)")
+if not isinstance(min_entropy, (int, float)) or min_entropy < 0:
+    fail(f"--min_entropy={min_entropy!r} must be a number of nats >= 0 (BD3-LM: 4; 0: off)")
+if not isinstance(max_len, int) or max_len < 0:
+    fail(f"--max_len={max_len!r} must be a number of tokens > 0 (0: the model's seq_len)")
+if infill and (max_len or prompt):
+    fail("--infill fills the holes of its own text: drop --max_len and --prompt")
+if stop_at_eos and not max_len:
+    fail("--stop_at_eos ends sequences of any length: give --max_len too (e.g. --max_len=4096)")
+if min_entropy and (max_len or infill):
+    fail("--min_entropy is BD3-LM's rule for fixed-length samples: drop it with --max_len or --infill")
+if html and max_len:
+    fail("--html replays fixed-length samples and infills: drop --max_len")
 check_device(device, dtype)
-checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+checkpoint = guard(load_checkpoint, ckpt_path, device)
 if checkpoint['config'].get('causal'):
-    fail(f"{out_dir}/ckpt.pt is a causal (AR) model; sample.py samples diffusion models")
-tok = Tokenizer(checkpoint.get('meta', {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eot': 50256}))
-L = checkpoint['model_args']['seq_len']
-stage_list = parse_stages(stages, L)
+    fail(f"{ckpt_path} is a causal (AR) model; sample.py samples diffusion models")
+tok = guard(Tokenizer, checkpoint['meta'])
+L, mask_id = checkpoint['model_args']['seq_len'], checkpoint['model_args']['vocab_size'] - 1
 try:
+    if infill:
+        if '_' not in infill:
+            fail(f"--infill={infill!r} has no hole: write each token to fill as _ (e.g. \"To be, or ___ to be\")")
+        pieces = infill.split('_')  # a run of k underscores: k holes
+        ids = [tok.eot] + sum((([mask_id] if i else []) + (tok.encode(p) if p else []) for i, p in enumerate(pieces)), [])
+        if len(ids) > L:
+            fail(f"--infill is {len(ids)} tokens with its holes, more than the model's seq_len={L}: shorten it")
     prompt_ids = [tok.eot] + (tok.encode(prompt) if prompt else [])
 except KeyError as e:
-    fail(f"the prompt has a character {e} that is not in this model's vocabulary")
+    fail(f"the {'infill text' if infill else 'prompt'} has a character {e} that is not in this model's vocabulary")
+T = len(ids) if infill else L  # the length the stages work on ("L" in --stages)
+stage_list = parse_stages(stages, T)
+if max_len and max_len <= len(prompt_ids):
+    fail(f"--max_len={max_len} leaves no room after the prompt's {len(prompt_ids)} tokens: give more")
 try:
-    check_sampling(stage_list, L, len(prompt_ids), remask, top_p, temperature, nucleus)
+    if infill and any(T % s.block_size for s in stage_list):
+        raise ValueError(f"--infill's text is {T} tokens with its holes: every block size must divide it (L: the whole text)")
+    check_sampling(stage_list, T, 1 if infill else len(prompt_ids), remask, top_p, temperature, nucleus)
+    if max_len and (stage_list[0].block_size == L or any(s.block_size != L for s in stage_list[1:]) or (L // 2) % stage_list[0].block_size):
+        raise ValueError(f"--max_len drafts with blocks smaller than L={L} that divide L/2 and refines with L: e.g. --stages=4:1.0,L:0.25")
 except ValueError as e:
     fail(str(e))
+judge_path = os.path.join(judge, 'ckpt.pt') if os.path.isdir(judge) and os.path.isfile(os.path.join(judge, 'ckpt.pt')) else judge
 if out:
-    if os.path.exists(out) and not overwrite:
+    if os.path.basename(out) == 'ckpt.pt' or os.path.exists(out) and any(os.path.exists(p) and os.path.samefile(out, p) for p in (ckpt_path, judge_path)):
+        fail(f"--out={out} would write over a checkpoint: pick a samples file, e.g. --out=samples.jsonl")
+    if os.path.exists(out) and not os.path.isdir(out) and not overwrite:
         fail(f"--out={out} exists: pick another name, or pass --overwrite=True to replace it")
-    try:  # writable? (the samples are written only at the end; find out now)
-        open(out + '.tmp', 'w').close()
-        os.remove(out + '.tmp')
-    except OSError as e:
-        fail(f"cannot write --out={out} ({e.strerror}): pick a path in a folder you can write to")
-if words_from and not os.path.isfile(words_from):
-    fail(f"--words_from={words_from} not found: give the training text (or drop --words_from)")
-jd = Judge(judge, device) if eval else None
+    writable(out, 'out')
+if html:
+    writable(html, 'html')
+vocab = None
+if words_from:
+    try:
+        vocab = set(words(open(words_from, encoding='utf-8').read()))
+    except (OSError, UnicodeDecodeError) as e:
+        fail(f"--words_from={words_from} is not a readable UTF-8 text file ({type(e).__name__}): give the training text")
+jd = None
+if eval:
+    jd = guard(Judge, judge_path, device)
+    if not jd.hf and jd.meta != checkpoint['meta']:
+        fail(f"the judge {judge_path} reads other tokens ({jd.meta['tokenizer']}, {jd.meta['vocab_size']}) than {ckpt_path} "
+             f"writes ({checkpoint['meta']['tokenizer']}, {checkpoint['meta']['vocab_size']}): use a judge trained on the same data")
 
 model = DiD(DiDConfig(**checkpoint['model_args']))
 model.load_state_dict(checkpoint['ema'])  # the EMA weights, as BD3-LM samples
 model.eval().to(device)
-ctx = (torch.amp.autocast(device_type='cuda', dtype={'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype])
-       if 'cuda' in device and dtype != 'float32' else contextlib.nullcontext())
-print(f"sampling {num_samples} x {L} tokens from {out_dir}/ckpt.pt (iter {checkpoint['iter_num']}): stages {stages}, "
+ctx = contextlib.nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device.split(':')[0], dtype=getattr(torch, dtype))
+mode = 'infill' if infill else f'max_len {max_len}' if max_len else f'{L} tokens'
+print(f"sampling {num_samples} x {mode} from {ckpt_path} (iter {checkpoint['iter_num']}): stages {stages}, "
       f"remask={remask}, top_p={top_p} ({nucleus}), temperature={temperature}, seed={seed}")
 
-samples, totals = [], [dict(nfe=0, cache_passes=0, token_forwards=0) for _ in stage_list]
-color = sys.stdout.isatty()
-t0 = time.time()
-for start in tqdm(range(0, num_samples, batch_size), desc='sampling', disable=num_samples <= batch_size):
-    seeds = list(range(seed + start, seed + min(start + batch_size, num_samples)))
+
+def degenerate(draft):
+    """BD3-LM's stop check in fixed-length mode: after some draft block, the last 256 tokens' unigram entropy is
+    below min_entropy (the draft's tokens do not change after their block, so checking the finished draft is the same)."""
+    bs = stage_list[0].block_size
+    return any(unigram_entropy(draft[e - 256:e]) < min_entropy for e in range(bs, len(draft) + 1, bs) if e > 256)
+
+
+def forwards_estimate():
+    """About how many forwards a batch takes (for the progress bar): one per token, or `steps` per block."""
+    n = 0
+    for k, s in enumerate(stage_list):
+        todo = (T - len(prompt_ids) if not infill else ids.count(mask_id)) if k == 0 else int(s.gamma * (T - len(prompt_ids)))
+        n += todo if s.steps is None else s.steps * (T // s.block_size)
+    return n
+
+
+frames = []  # the first sample's forwards, for --html
+initial = [None if t == mask_id else t for t in ids] if infill else prompt_ids + [None] * (L - len(prompt_ids))
+
+
+def hook(event, stage, data):
+    """Progress per forward, and the first sample's replay."""
+    if event == 'block':
+        bar.update(data[0] - bar.n)
+        return
+    mask, x, conf = (data, None, None) if event == 'remask' else data
+    bar.update(int(event == 'reveal'))
+    if html and first_batch and (event, stage) != ('remask', 0):  # the page starts with the draft's MASKs
+        pos = mask[0].nonzero().flatten().tolist()
+        frames.append(dict(kind=event, stage=stage, pos=pos, **({} if event == 'remask' else dict(
+            tok=x[0, pos].tolist(), conf=[round(c, 4) for c in conf[0, pos].tolist()]))))
+
+
+def run(seeds):
+    """Sample these seeds: one record per sequence."""
     with ctx:
-        res = generate(model, prompt_ids, seeds, stage_list, remask, top_p, temperature, nucleus=nucleus)
-    for k, st in enumerate(res['stats']):
-        for key in st:
-            totals[k][key] += int(st[key].sum())  # per-row counts, summed
-    for i in range(len(seeds)):
-        ids = res['tokens'][i].tolist()
-        rem = [torch.nonzero(r[i]).flatten().tolist() for r in res['remasked'][1:]]
-        changed = (res['tokens'][i] != res['history'][0][i]).tolist()
-        samples.append(dict(seed=seeds[i], tokens=ids, text=tok.decode(ids), conf=[round(c, 5) for c in res['conf'][i].tolist()],
-                            remasked=rem, changed=[j for j, c in enumerate(changed) if c],
-                            forwards=sum(int(st['nfe'][i] + st['cache_passes'][i]) for st in res['stats'])))
-        if show:
-            any_rem = res['remasked'][-1][i] if len(stage_list) > 1 else torch.zeros(L, dtype=torch.bool)
-            print(f"\n--- sample {len(samples) - 1} (seed {seeds[i]})")
-            if len(stage_list) > 1:
-                key = "yellow" if color else "{braces}"
-                print(f"draft, remasked tokens in {key}:\n{highlight(tok, res['history'][0][i].tolist(), any_rem.tolist(), [False] * L, color)}")
-                print(f"\nrefined, changed tokens in {'green' if color else '[brackets]'} "
-                      f"({sum(changed)} of {int(any_rem.sum())} remasked changed):")
-            print(highlight(tok, ids, any_rem.tolist(), changed, color))
+        if max_len:
+            res = generate_long(model, prompt_ids, seeds, max_len, stage_list, tok.eot if stop_at_eos else None, remask,
+                                top_p, temperature, nucleus, hook=hook)
+            return [dict(seed=s, tokens=r['tokens'], text=tok.decode(r['tokens']), conf=[round(c, 5) for c in r['conf']],
+                         remasked=[sorted(r['remasked'])], changed=[j for j, (a, b) in enumerate(zip(r['tokens'], r['draft'])) if a != b],
+                         draft=r['draft']) for s, r in zip(seeds, res)]
+        res = (fill_holes(model, ids, seeds, stage_list, remask, top_p, temperature, nucleus, hook=hook) if infill else
+               generate(model, prompt_ids, seeds, stage_list, remask, top_p, temperature, nucleus, hook=hook))
+    recs = []
+    for i, s in enumerate(seeds):
+        tokens, draft = res['tokens'][i].tolist(), res['history'][0][i].tolist()
+        recs.append(dict(seed=s, tokens=tokens, text=tok.decode(tokens), conf=[round(c, 5) for c in res['conf'][i].tolist()],
+                         remasked=[torch.nonzero(r[i]).flatten().tolist() for r in res['remasked'][1:]],
+                         changed=[j for j, (a, b) in enumerate(zip(tokens, draft)) if a != b], draft=draft,
+                         forwards=sum(int(st['nfe'][i] + st['cache_passes'][i]) for st in res['stats']),
+                         token_forwards=sum(int(st['token_forwards'][i]) for st in res['stats']),
+                         stage_forwards=[{k: int(v[i]) for k, v in st.items()} for st in res['stats']],
+                         **({'filled': res['remasked'][0][i].nonzero().flatten().tolist()} if infill else {})))
+    return recs
+
+
+def show_sample(n, r):
+    ids, rem = r['tokens'], set(j for stage in r['remasked'] for j in stage) | set(r.get('filled', []))
+    print(f"\n--- sample {n} (seed {r['seed']})")
+    key = "yellow" if color else "{braces}"
+    if infill:
+        print(f"filled holes in {key}, refined and changed in {'green' if color else '[brackets]'}:")
+    elif len(stage_list) > 1:
+        print(f"draft, remasked tokens in {key}:\n{highlight(tok, r['draft'], [j in rem for j in range(len(ids))], [False] * len(ids), color)}")
+        print(f"\nrefined, changed tokens in {'green' if color else '[brackets]'} ({len(r['changed'])} of {len(rem)} remasked changed):")
+    changed = set(r['changed']) - set(r.get('filled', []))
+    print(highlight(tok, ids, [j in rem for j in range(len(ids))], [j in changed for j in range(len(ids))], color))
+
+
+samples, color = [], sys.stdout.isatty()
+signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C keeps the samples already written
+f = open(out + '.tmp', 'w') if out else None
+t0 = time.time()
+try:
+    for start in range(0, num_samples, batch_size):
+        first_batch = start == 0
+        seeds = list(range(seed + start, seed + min(start + batch_size, num_samples)))
+        with tqdm(total=max_len or forwards_estimate(), desc=f'samples {start}-{start + len(seeds) - 1}', leave=False, mininterval=2,
+                  disable=not sys.stderr.isatty()) as bar:
+            recs = run(seeds)
+            tries = {i: 1 for i in range(len(recs))}
+            first_batch = False  # the replay is of sample 0's first draw
+            bad = [i for i, r in enumerate(recs) if min_entropy and degenerate(r['draft'])]
+            redraws = {i: 0 for i in range(len(recs))}
+            while bad:  # BD3-LM redraws a degenerate sample, with a new seed, up to 10 times in all
+                again = run([seeds[i] + 1_000_003 * tries[i] for i in bad])
+                for i, r in zip(bad, again):
+                    recs[i], tries[i], redraws[i] = r, tries[i] + 1, redraws[i] + 1
+                bad = [i for i in bad if tries[i] < 10 and degenerate(recs[i]['draft'])]
+        for i, r in enumerate(recs):
+            if min_entropy:
+                r.update(redraws=redraws[i], degenerate=degenerate(r['draft']))
+            samples.append(r)
+            if f:
+                f.write(json.dumps(r) + '\n')
+                f.flush()
+            if show:
+                show_sample(len(samples) - 1, r)
+except KeyboardInterrupt:
+    if f:
+        f.close()
+        os.replace(out + '.tmp', out)
+    fail(f"interrupted: {len(samples)} finished samples {'kept in ' + out if out else 'were not saved (no --out)'}")
 dt = time.time() - t0
-n_gen = num_samples * (L - len(prompt_ids))
-for (bs, gamma, *_), st in zip(stage_list, totals):
-    print(f"stage B={bs} gamma={gamma}: {st['nfe'] / num_samples:.1f} denoising forwards + {st['cache_passes'] / num_samples:.0f} "
-          f"cache writes per sample, {st['token_forwards'] / num_samples:,.0f} token-forwards per sample")
-print(f"{num_samples} samples in {dt:.1f}s: {n_gen / dt:,.0f} generated tokens/s")
-if out:
-    with open(out + '.tmp', 'w') as f:
-        for s in samples:
-            f.write(json.dumps(s) + '\n')
+if f:
+    f.close()
     os.replace(out + '.tmp', out)
     print(f"wrote {out}")
 elif not show and not eval:
     for i, s in enumerate(samples):
         print(f"\n--- sample {i}\n{s['text']}")
+n_gen = sum(len(s['tokens']) for s in samples) - num_samples * (1 if infill else len(prompt_ids))
+for k, stg in enumerate(stage_list if not max_len else []):
+    st = {key: sum(s['stage_forwards'][k][key] for s in samples) / num_samples for key in ('nfe', 'cache_passes', 'token_forwards')}
+    print(f"stage B={stg.block_size} gamma={stg.gamma}: {st['nfe']:.1f} denoising forwards + {st['cache_passes']:.0f} cache "
+          f"writes per sample, {st['token_forwards']:,.0f} token-forwards per sample")
+print(f"{num_samples} samples in {dt:.1f}s: {n_gen / dt:,.0f} generated tokens/s")
+if min_entropy:
+    n_red, n_bad = sum(s['redraws'] > 0 for s in samples), sum(s['degenerate'] for s in samples)
+    print(f"entropy check (BD3-LM, < {min_entropy} nats over 256 tokens): {n_red} of {num_samples} samples redrawn "
+          f"({sum(s['redraws'] for s in samples)} redraws), {n_bad} still degenerate after 10 tries (kept)")
+if html and samples:
+    strings = {t: tok.decode([t]) for t in {t for t in initial if t is not None} | {t for e in frames for t in e.get('tok', [])}}
+    write_html(html, initial, frames, strings, [str(s) for s in stages.split(',')], f"seed {samples[0]['seed']}, {ckpt_path}")
+    print(f"wrote {html}: {sum(e['kind'] == 'reveal' for e in frames)} forwards of sample 0")
 rates, rwr = [], float('nan')
-if words_from:  # the share of each sample's words (lowercased runs of letters) that occur in words_from
-    vocab = set(words(open(words_from, encoding='utf-8').read()))
+if vocab is not None:  # the share of each sample's words (lowercased runs of letters) that occur in words_from
     rates = [r for r in (real_word_rate(s['text'], vocab) for s in samples) if r == r]
     rwr = sum(rates) / len(rates) if rates else float('nan')
     rwr_sem = statistics.stdev(rates) / len(rates) ** 0.5 if len(rates) > 1 else float('nan')
     print(f"real-word rate {rwr:.3f} ± {rwr_sem:.3f} (mean ± s.e. over {len(rates)} samples; words of {words_from})")
 
-if eval:  # BD3-LM's protocol: decode, re-encode with the judge's tokenizer, score; no low-entropy rejection
-    (mean, std, weighted, per), ent = jd.score([s['text'] for s in samples], L)
+if eval:  # BD3-LM's protocol: decode, re-encode with the judge's tokenizer, score
+    (mean, std, weighted, per), ents = jd.score([s['text'] for s in samples], max_len or L)
+    ent = sum(ents) / len(ents)
     n_ok = sum(p == p for p in per)  # NaN: a sample with nothing to score
     sem = std / n_ok ** 0.5 if n_ok else float('nan')
-    nfe = sum(st['nfe'] + st['cache_passes'] for st in totals) / num_samples
-    tf = sum(st['token_forwards'] for st in totals) / num_samples
-    gammas = ','.join(f"{g}" for _, g, *_ in stage_list[1:]) or '-'
+    nfe = sum(s.get('forwards', 0) for s in samples) / num_samples
+    tf = sum(s.get('token_forwards', 0) for s in samples) / num_samples
+    gammas = ','.join(f"{stg.gamma}" for stg in stage_list[1:]) or '-'
     print("| stages | remask | gamma | Gen PPL (mean ± s.e.) | token-weighted | entropy | real words | forwards | token-forwards | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {stages} | {remask if len(stage_list) > 1 else '-'} | {gammas} | {mean:.2f} ± {sem:.2f} | {weighted:.2f} | "
           f"{ent:.3f} | {rwr:.3f} | {nfe:.1f} | {tf:,.0f} | {dt:.1f} |")
     if n_ok < num_samples:
         print(f"{num_samples - n_ok} samples had no token to score (all EOS) and are left out of the mean, as in BD3-LM")
-    print(json.dumps(dict(stages=stages, remask=remask, nucleus=nucleus, gen_ppl=mean, gen_ppl_std=std, gen_ppl_sem=sem,
-                          gen_ppl_weighted=weighted, gen_ppls=per, entropy=ent, real_word_rate=rwr, real_word_rates=rates,
-                          forwards=nfe, token_forwards=tf, seconds=dt, judge=judge, num_samples=num_samples, scored=n_ok)))
+    print(json.dumps(dict(stages=stages, remask=remask, nucleus=nucleus, temperature=temperature, gen_ppl=mean, gen_ppl_std=std,
+                          gen_ppl_sem=sem, gen_ppl_weighted=weighted, gen_ppls=per, entropy=ent, entropies=ents,
+                          real_word_rate=rwr, real_word_rates=rates, forwards=nfe, token_forwards=tf, seconds=dt, judge=judge,
+                          num_samples=num_samples, scored=n_ok, min_entropy=min_entropy,
+                          redrawn=sum(s.get('redraws', 0) > 0 for s in samples))))

@@ -1,9 +1,14 @@
 """
 Tests for did: fast paths against slow, obvious references, on the CPU, offline.
 
-$ python -m pytest -q test_did.py
+$ python -m pytest -q test_did.py                 # everything
+$ python -m pytest -q -m "not slow" test_did.py   # without the end-to-end runs of the scripts: about a minute
+
+Offline caches: when ../shared/data (this project's workspace) sits beside the checkout, the tests take the GPT-2
+BPE files and Tiny Shakespeare from it; without it they use a synthetic play and skip the GPT-2 tokenizer tests.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -13,13 +18,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from did import (DiD, DiDConfig, KVCache, add_noise, block_causal_mask, block_diff_mask, diffusion_loss, generate, head_cross_entropy)
+from did import (DiD, DiDConfig, KVCache, Stage, add_noise, block_causal_mask, block_diff_mask, diffusion_loss, generate,
+                 head_cross_entropy)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(ROOT, '..', 'shared', 'data')
@@ -39,6 +46,11 @@ def tiny_model(L=32, V=40, seed=0, std=0.3, n_layer=2):
         for p in model.parameters():
             p.normal_(0, std)
     return model
+
+
+def paper(block_size, gamma=1.0, **kw):
+    """A stage of the paper's sampler (one random masked position per forward) unless kw says otherwise."""
+    return Stage(block_size, gamma, **{'order': 'random', **kw})
 
 
 # -----------------------------------------------------------------------------
@@ -189,15 +201,19 @@ def test_zero_head_starts_at_uniform_loss():
 # -----------------------------------------------------------------------------
 # training runs through train.py, as a user runs it
 
+def synthetic_play(path, n=4000):
+    """Offline stand-in for Tiny Shakespeare: speakers and lines of random words, in its character set."""
+    rng = np.random.default_rng(0)
+    words = ['the', 'cat', 'sat', 'on', 'a', 'mat', 'and', 'dog', 'ran', 'far', 'my', 'lord', 'thou', 'art', 'be', 'not']
+    speakers = ['ROMEO', 'JULIET', 'First Citizen', 'KING HENRY VI', 'QUEEN MARGARET']
+    path.write_text(''.join(f"{rng.choice(speakers)}:\n{' '.join(rng.choice(words, 9)).capitalize()}, {' '.join(rng.choice(words, 6))}"
+                            f"{rng.choice(['.', '!', '?', ';'])}\n\n" for _ in range(n)))
+    return path
+
+
 def make_data(tmp_path):
-    """Tiny Shakespeare as characters when ../shared is here; synthetic text otherwise."""
-    if os.path.exists(SHAKESPEARE):
-        src = SHAKESPEARE
-    else:
-        rng = np.random.default_rng(0)
-        words = ['the', 'cat', 'sat', 'on', 'a', 'mat', 'and', 'dog', 'ran', 'far']
-        src = tmp_path / 'synthetic.txt'
-        src.write_text(' '.join(rng.choice(words, 100_000)))
+    """Tiny Shakespeare as characters when ../shared is here; a synthetic play of the same characters otherwise."""
+    src = SHAKESPEARE if os.path.exists(SHAKESPEARE) else synthetic_play(tmp_path / 'synthetic.txt')
     subprocess.run([sys.executable, os.path.join(ROOT, 'prepare_owt.py'), '--input', str(src), '--tokenizer=char',
                     f'--out_dir={tmp_path}/data/tiny'], check=True, capture_output=True)
 
@@ -207,8 +223,8 @@ TINY = ['--dataset=tiny', '--seq_len=64', '--n_layer=2', '--n_head=2', '--n_embd
         '--warmup_iters=5', '--learning_rate=3e-3', '--log_interval=1', '--device=cpu', '--compile=False']
 
 
-def train(tmp_path, *args, torchrun=0):
-    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), *TINY, *args]
+def train(tmp_path, *args, torchrun=0, base=TINY):
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), *base, *args]
     if torchrun:
         cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={torchrun}', *cmd[1:]]
     env = dict(os.environ, OMP_NUM_THREADS='1')
@@ -226,6 +242,7 @@ def tiny_run(tmp_path_factory):
     return tmp_path, *train(tmp_path, '--max_iters=40', '--eval_interval=20', '--out_dir=a')
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_resume_is_exact(tiny_run):
     tmp_path, full, log = tiny_run
     val = [float(v) for v in re.findall(r'val/nelbo_B4 ([\d.]+)', log)]
@@ -246,22 +263,24 @@ def test_training_lowers_loss_and_resume_is_exact(tiny_run):
     assert 'val/nelbo_B2' in evals[0]
 
 
+@pytest.mark.slow
 def test_fine_tune_from_a_run_and_the_noise_search(tiny_run):
     """--init_from=run:DIR starts from that run's weights and EMA with a fresh optimizer, iteration 0, its own
-    out_dir (the source untouched), and the intervals the source's noise search found for its block sizes."""
+    out_dir (the source untouched), and the noise intervals of its own config, as BD3-LM resets them."""
     tmp_path = tiny_run[0]
-    _, log = train(tmp_path, '--max_iters=2', '--eval_interval=2', '--out_dir=src', '--noise_search=True')
+    _, log = train(tmp_path, '--max_iters=2', '--eval_interval=2', '--out_dir=src', '--noise_search=True',
+                   '--search_interval=2', '--search_seqs=16')
     src = torch.load(tmp_path / 'src' / 'ckpt.pt', weights_only=False)
-    assert set(src['intervals']) == {4} and 'noise search B=4: interval' in log  # the global block stays unclipped
+    assert set(src['intervals']) == {4} and 'noise search B=4 on 16 sequences: interval' in log  # the global block stays unclipped
     assert all(iv in __import__('did').search_intervals() for iv in src['intervals'].values())
     before = (tmp_path / 'src' / 'ckpt.pt').read_bytes()
     _, log = train(tmp_path, '--max_iters=1', '--eval_interval=1', '--out_dir=ft_run', '--init_from=run:src',
-                   '--learning_rate=1e-30', '--block_mix={4: 1.0}')
+                   '--learning_rate=1e-30', '--block_mix={4: 1.0}', '--noise_clip={4: (0.25, 1.0)}')
     ft = torch.load(tmp_path / 'ft_run' / 'ckpt.pt', weights_only=False)
     assert 'fine-tuning src/ckpt.pt (iteration 2)' in log and ft['iter_num'] == 1
     assert all(torch.allclose(ft['model'][k], v, rtol=0, atol=1e-20) for k, v in src['model'].items())  # lr 1e-30
     assert all(s['step'] == 1 for s in ft['optimizer']['state'].values())  # a fresh optimizer
-    assert ft['intervals'] == {4: src['intervals'][4]}  # carried for the block size trained here
+    assert ft['intervals'] == {4: (0.25, 1.0)}  # this run's noise_clip, not the source's search
     assert (tmp_path / 'src' / 'ckpt.pt').read_bytes() == before
     # the EMA weights are the source's: evaluating the fine-tune's starting point gives the source's numbers
     ev = [train(tmp_path, f'--out_dir={d}', f'--init_from={i}', '--eval_only=True')[1]
@@ -269,6 +288,7 @@ def test_fine_tune_from_a_run_and_the_noise_search(tiny_run):
     assert re.findall(r'val/nelbo_B4: [\d.]+', ev[0]) == re.findall(r'val/nelbo_B4: [\d.]+', ev[1]) != []
 
 
+@pytest.mark.slow
 def test_divergence_at_an_evaluation_keeps_the_last_good_checkpoint(tiny_run):
     """The weights explode (lr 1e30) right before an evaluation: nothing non-finite is saved, the message says
     which iteration the untouched checkpoint holds, and the exit code is not 0."""
@@ -284,6 +304,7 @@ def test_divergence_at_an_evaluation_keeps_the_last_good_checkpoint(tiny_run):
     assert (tmp_path / 'nan' / 'ckpt.pt').read_bytes() == before
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_last_iteration_and_resumes_exactly(tiny_run):
     """SIGINT mid-run: one line, the last finished iteration saved (atomically), and a resume that continues with
     exactly the losses of an uninterrupted run; resuming needs nothing but --out_dir and --init_from."""
@@ -311,6 +332,7 @@ def test_ctrl_c_saves_the_last_iteration_and_resumes_exactly(tiny_run):
     assert all(resumed[i] == full[i] for i in resumed), (resumed, full)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tiny_run):
     """The same losses with 2 gloo processes as with 1. And MFU is per device: MFU / (tokens/s) is the FLOPs one
     process spends per token over its peak, so with 2 processes it must be half the 1-process value (each does half
@@ -327,6 +349,70 @@ def test_two_process_ddp_matches_one_process(tiny_run):
     assert 0.45 < q2 / q1 < 0.55, (log1, log2)
 
 
+@pytest.mark.slow
+def test_ddp_noise_search_is_the_same_on_every_rank_and_as_one_process(tiny_run):
+    """The noise search under DDP: every rank scores its share of the same search batches and all-gather the
+    losses, so every rank picks the 1-process run's interval, and the losses after the search stay those of the
+    1-process run (a rank that kept its own interval would train on other noise)."""
+    tmp_path = tiny_run[0]
+    args = ['--max_iters=6', '--eval_interval=2', '--batch_size=4', '--log_interval=1', '--block_mix={4: 1.0}',
+            '--noise_search=True', '--search_interval=2', '--search_seqs=24']
+    one, log1 = train(tmp_path, *args, '--out_dir=s1')
+    two, log2 = train(tmp_path, *args, '--out_dir=s2', torchrun=2)
+    assert all(abs(one[i] - two[i]) < 1e-5 for i in one), (one, two)
+    found = [re.findall(r'noise search B=4 on 24 sequences: interval (\([\d., ]+\))', log) for log in (log1, log2)]
+    assert len(found[0]) == 3 and found[0] == found[1]
+    ck = [torch.load(tmp_path / d / 'ckpt.pt', weights_only=False)['intervals'] for d in ('s1', 's2')]
+    assert ck[0] == ck[1] != {4: (0.5, 1.0)}
+
+
+@pytest.mark.slow
+def test_resume_at_an_evaluation_iteration_is_exact(tiny_run):
+    """Ctrl-C with an evaluation (and noise search) due at the iteration it stops on: that evaluation runs before the
+    save, so the resumed run continues digit for digit as the uninterrupted one (losses, intervals, weights)."""
+    tmp_path = tiny_run[0]
+    args = [*TINY, '--eval_interval=1', '--noise_search=True', '--search_interval=1', '--search_seqs=8', '--eval_iters=1']
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), *args, '--max_iters=1000', '--out_dir=ev'],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    for line in p.stdout:
+        if line.startswith('iter 3:'):
+            break
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=120) != 0 and 'interrupted' in p.stderr.read()
+    n = torch.load(tmp_path / 'ev' / 'ckpt.pt', weights_only=False)['iter_num']
+    resumed, _ = train(tmp_path, '--out_dir=ev', '--init_from=resume', f'--max_iters={n + 3}')
+    full, _ = train(tmp_path, *args[len(TINY):], f'--max_iters={n + 3}', '--out_dir=ev_full')
+    assert sorted(resumed) == list(range(n + 1, n + 4)) and all(resumed[i] == full[i] for i in resumed), (resumed, full)
+    a, b = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=False) for d in ('ev', 'ev_full'))
+    assert a['intervals'] == b['intervals'] and all(torch.equal(a['model'][k], v) for k, v in b['model'].items())
+
+
+@pytest.mark.slow
+def test_resume_takes_a_new_noise_clip_and_a_fine_tune_keeps_its_shape(tiny_run):
+    """A --noise_clip given at resume is the one used (and saved); a fine-tune whose config shape differs from its
+    source's (it keeps the source's) resumes with no override, refuses a conflicting one, and may change seq_len."""
+    tmp_path = tiny_run[0]
+    train(tmp_path, '--max_iters=2', '--eval_interval=2', '--out_dir=nc')
+    _, log = train(tmp_path, '--out_dir=nc', '--init_from=resume', '--max_iters=4', '--noise_clip={4: (0.25, 1.0)}')
+    assert torch.load(tmp_path / 'nc' / 'ckpt.pt', weights_only=False)['intervals'] == {4: (0.25, 1.0)}
+    assert 'noise_clip for B=4: (0.25, 1.0) (the checkpoint had (0.5, 1.0))' in log
+    small = [a for a in TINY if not a.startswith(('--n_layer', '--n_head', '--n_embd'))]  # the defaults: 12 x 768
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), *small, '--init_from=run:nc', '--out_dir=ftshape', '--max_iters=2',
+           '--eval_interval=1']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    assert subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env).returncode == 0
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--out_dir=ftshape', '--init_from=resume',
+                          '--max_iters=3'], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and 'resuming from iteration 2' in out.stdout, out.stderr
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--out_dir=ftshape', '--init_from=resume',
+                          '--max_iters=4', '--n_layer=3'], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1 and 'drop --n_layer' in out.stderr, out.stderr
+    # a fine-tune at another length (the source trained at 64): its rotary positions are not weights
+    _, log = train(tmp_path, '--init_from=run:nc', '--out_dir=ftlen', '--max_iters=2', '--eval_interval=2', '--seq_len=32',
+                   '--block_mix={4: 1.0}', '--eval_block_sizes=[4, 32]')
+    assert torch.load(tmp_path / 'ftlen' / 'ckpt.pt', weights_only=False)['model_args']['seq_len'] == 32
+
+
 def snapshot(root):
     """Every file under root with its size and modification time: what "nothing changed on disk" compares."""
     return {os.path.join(d, f): (os.path.getsize(os.path.join(d, f)), os.path.getmtime(os.path.join(d, f)))
@@ -340,6 +426,7 @@ def run_all(cmds, cwd, env=None):
     return [(p.wait(), *p.communicate()) for p in procs]
 
 
+@pytest.mark.slow
 def test_every_bad_input_is_one_line_and_changes_nothing(tiny_run):
     """Each bad input: exit code != 0, exactly one line on stderr that names the problem, no traceback, and
     nothing on disk created, changed or deleted (the trained run in a/, the data, anything)."""
@@ -357,10 +444,62 @@ def test_every_bad_input_is_one_line_and_changes_nothing(tiny_run):
     shutil.copy(tmp_path / 'data' / 'tiny' / 'meta.json', tmp_path / 'data' / 'short')
     for split in ('train', 'val'):
         np.zeros(50, dtype=np.uint16).tofile(tmp_path / 'data' / 'short' / f'{split}.bin')
+    os.makedirs(tmp_path / 'adir', exist_ok=True)
+    for name, change in (('odd', None), ('badmeta', None), ('shifted', None)):  # broken copies of the data
+        shutil.copytree(tmp_path / 'data' / 'tiny', tmp_path / 'data' / name, dirs_exist_ok=True)
+    with open(tmp_path / 'data' / 'odd' / 'train.bin', 'ab') as f:
+        f.write(b'x')
+    (tmp_path / 'data' / 'badmeta' / 'meta.json').write_text('{"tokenizer": "char", ')
+    meta = json.load(open(tmp_path / 'data' / 'tiny' / 'meta.json'))
+    meta['chars'] = meta['chars'][1:] + meta['chars'][:1]  # the same size, every id another character
+    (tmp_path / 'data' / 'shifted' / 'meta.json').write_text(json.dumps(meta))
+    ck = torch.load(tmp_path / 'a' / 'ckpt.pt', weights_only=False)
+    os.makedirs(tmp_path / 'noopt', exist_ok=True)
+    torch.save({k: v for k, v in ck.items() if k != 'optimizer'}, tmp_path / 'noopt' / 'ckpt.pt')
+    other = dict(ck, config={**ck['config'], 'causal': True}, meta={**ck['meta'], 'chars': meta['chars']})
+    os.makedirs(tmp_path / 'otherjudge', exist_ok=True)
+    torch.save(other, tmp_path / 'otherjudge' / 'ckpt.pt')  # an AR judge that reads other characters
+    (tmp_path / 'cfg_type.py').write_text("batch_size = 'eight'\n")
+    (tmp_path / 'cfg_typo.py').write_text("n_layers = 8\n")
+    (tmp_path / 'num.jsonl').write_text('{"text": 42}\n')
     T = [sys.executable, os.path.join(ROOT, 'train.py'), *TINY]
     S = [sys.executable, os.path.join(ROOT, 'sample.py'), '--out_dir=a', '--num_samples=2']
     P = [sys.executable, os.path.join(ROOT, 'prepare_owt.py')]
+    Bn = [sys.executable, os.path.join(ROOT, 'bench.py'), '--shape=smoke', '--device=cpu']
+    A = [sys.executable, os.path.join(ROOT, 'ablate.py'), '--text=afile', '--out_dir=newabl']
     cases = [  # (command, what the one line must say)
+        (T + ['--dataset=odd', '--out_dir=n1'], 'odd number of bytes'),
+        (T + ['--dataset=badmeta', '--out_dir=n1'], 'not valid JSON'),
+        (T + ['--dataset=shifted', '--init_from=resume', '--out_dir=a'], 'other tokens'),  # resume on other tokens
+        (T + ['--dataset=shifted', '--init_from=resume', '--out_dir=a', '--eval_only=True'], 'other tokens'),
+        (T + ['--init_from=resume', '--out_dir=noopt'], 'no optimizer state'),
+        (T + ['cfg_type.py', '--out_dir=n1'], 'should be a int'),
+        (T + ['cfg_typo.py', '--out_dir=n1'], 'unknown config key n_layers in cfg_typo.py; did you mean n_layer?'),
+        (T + ['--init_from=bd3lm:./missing', '--out_dir=n1'], 'not a folder here'),
+        (T + ['--dtype=float16', '--out_dir=n1'], 'needs CUDA'),
+        (T + ['--noise_search=True', '--search_interval=3', '--eval_interval=2', '--out_dir=n1'], 'multiple of'),
+        (S + ['--out=a/ckpt.pt', '--overwrite=True'], 'would write over a checkpoint'),
+        (S + ['--out=adir'], 'is a folder'),
+        (S + ['--words_from=binary.dat'], 'not a readable UTF-8'),
+        (S + ['--eval', '--judge=otherjudge'], 'reads other tokens'),
+        (S + ['--infill=no holes here'], 'has no hole'),
+        (S + ['--max_len=1'], 'leaves no room'),
+        (S + ['--html=/proc/self/x.html'], 'cannot write --html'),
+        (S + ['--html=adir'], 'is a folder'),
+        (S + ['--stop_at_eos=True'], 'give --max_len'),
+        (S + ['--min_entropy=-1'], 'min_entropy'),
+        (S + ['--stages=4:1.0:threshold=0.9:steps=2'], 'no steps'),
+        (S + ['--dtype=float16'], 'needs CUDA'),
+        (P + ['--input', 'num.jsonl', '--tokenizer=char', '--out_dir=n2'], 'not a string'),
+        (P + ['--input', 'afile', '--tokenizer=char', '--out_dir=/proc/self/n2'], 'cannot write'),
+        (P + ['--input', 'afile', '--tokenizer=char', '--out_dir=n2', '--num_proc=0'], 'at least 1'),
+        (Bn + ['--train_iters=0'], 'train_iters=0'), (Bn + ['--warmup=-1'], 'warmup=-1'), (Bn + ['--vocab_size=1'], 'vocab_size=1'),
+        (Bn + ['--sample_batch=0'], 'sample_batch=0'), (Bn + ['--head_std=-1'], 'head_std'), (Bn + ['--long_len=30'], 'long_len=30'),
+        (Bn + ['--batch_size=0'], 'batch_size=0'), (Bn + ['--dtype=float16'], 'needs CUDA'),
+        (A + ['--budget_frac=0'], 'budget_frac=0'), (A + ['--gammas=[2]'], 'remask ratios'), (A + ['--block_mix=1.5'], 'block_mix'),
+        (A + ['--num_samples=1'], 'num_samples=1'), (A + ["--temperatures={'random': [1.0]}"], 'each order'),
+        (A + ['--seeds=[1, 1]'], 'distinct'), (A + ['--finetune_iters=0'], 'finetune_iters=0'),
+        ([sys.executable, os.path.join(ROOT, 'ablate.py'), '--text=nope.txt'], 'not a text file'),
         (T + ['--block_mix={4: 1.5, 64: -0.5}', '--out_dir=n1'], 'probabilities >= 0'),
         (T + ['--block_mix={5: 1.0}', '--out_dir=n1'], 'does not divide seq_len'),
         (T + ['--block_mix={4: 0.5}', '--out_dir=n1'], 'sum to'),
@@ -416,9 +555,60 @@ def test_every_bad_input_is_one_line_and_changes_nothing(tiny_run):
     (rc, _, err), = run_all([P + ['--input', 'afile', '--out_dir=n2']], tmp_path,
                             env=dict(TIKTOKEN_CACHE_DIR=str(tmp_path / 'nocache'), HTTPS_PROXY='http://127.0.0.1:9'))
     assert rc != 0 and len(err.strip().splitlines()) == 1 and 'TIKTOKEN_CACHE_DIR' in err, err
+    # ablate.py's default text with no network: one line that says how to get it, and no data/ folder made
+    (rc, _, err), = run_all([[sys.executable, os.path.join(ROOT, 'ablate.py'), '--out_dir=newabl']], tmp_path / 'adir',
+                            env=dict(HTTPS_PROXY='http://127.0.0.1:9', https_proxy='http://127.0.0.1:9'))
+    assert rc != 0 and len(err.strip().splitlines()) == 1 and 'could not download Tiny Shakespeare' in err, err
+    assert 'input.txt' in err and 'raw.githubusercontent.com' in err
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
+def test_two_runs_into_one_out_dir_the_second_refuses(tiny_run):
+    """While one train.py writes to an out_dir, a second one there (a resume or a new run) refuses at once and the
+    first goes on, its checkpoint its own; a lock left by a killed run is recognised and taken over."""
+    tmp_path = tiny_run[0]
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    first = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), *TINY, '--max_iters=100000', '--eval_interval=30',
+                              '--out_dir=busy'], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in first.stdout:
+        if line.startswith('saved checkpoint'):  # the first evaluation's checkpoint exists: a resume would find it
+            break
+    second = [subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *TINY, '--out_dir=busy', *extra],
+                             cwd=tmp_path, capture_output=True, text=True, env=env)
+              for extra in (['--init_from=resume', '--max_iters=100005'], ['--overwrite=True', '--max_iters=5'])]
+    assert first.poll() is None  # still training
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    for s in second:
+        lines = s.stderr.strip().splitlines()
+        assert s.returncode != 0 and len(lines) == 1 and 'is being trained by another run' in lines[0], s.stderr
+    ck = torch.load(tmp_path / 'busy' / 'ckpt.pt', weights_only=False)
+    assert f"holds iteration {ck['iter_num']}" in err and ck['iter_num'] >= 30 and ck['config']['max_iters'] == 100000
+    assert not (tmp_path / 'busy' / 'train.lock').exists()
+    (tmp_path / 'busy' / 'train.lock').write_text(f"{os.uname().nodename} 999999999")  # a killed run's lock
+    _, log = train(tmp_path, '--out_dir=busy', '--init_from=resume', f"--max_iters={ck['iter_num'] + 1}")
+    assert 'taking over busy/train.lock, left by a run that is no longer running' in log
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_sampling_keeps_the_finished_samples(tiny_run):
+    tmp_path = tiny_run[0]
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'sample.py'), '--out_dir=a', '--num_samples=400', '--batch_size=1',
+                          '--stages=4:1.0', '--out=part.jsonl'], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    while not os.path.exists(tmp_path / 'part.jsonl.tmp') or len(open(tmp_path / 'part.jsonl.tmp').readlines()) < 3:
+        assert p.poll() is None
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    rows = [json.loads(line) for line in open(tmp_path / 'part.jsonl')]  # valid jsonl, every row whole
+    lines = err.strip().splitlines()
+    assert p.returncode != 0 and len(lines) == 1 and f'interrupted: {len(rows)} finished samples kept in part.jsonl' in lines[0], err
+    assert 3 <= len(rows) < 400 and [r['seed'] for r in rows] == list(range(1337, 1337 + len(rows)))
+
+
+@pytest.mark.slow
 def test_readme_quick_start_works_word_for_word(tmp_path):
     """A new user's commands, copied from the README's quick start into a fresh copy of the repository: the
     download is stood in for by a copy (no network here) and training is cut to 2 iterations."""
@@ -428,11 +618,10 @@ def test_readme_quick_start_works_word_for_word(tmp_path):
     readme = open(os.path.join(ROOT, 'README.md')).read()
     block = re.search(r'## Quick start.*?```\n(.*?)```', readme, re.S).group(1)
     cmds = [line.split('  #')[0].strip() for line in block.splitlines() if line.strip() and not line.startswith('#')]
-    assert cmds[0].startswith(('wget', 'curl')) and '-O tinyshakespeare.txt' in cmds[0], cmds
-    if os.path.exists(SHAKESPEARE):
-        shutil.copy(SHAKESPEARE, tmp_path / 'tinyshakespeare.txt')
-    else:
-        (tmp_path / 'tinyshakespeare.txt').write_text('First Citizen:\nBefore we proceed any further, hear me speak.\n' * 3000)
+    assert 'wget' in cmds[0] and '-O data/tinyshakespeare/input.txt' in cmds[0], cmds  # the download: stood in for
+    os.makedirs(tmp_path / 'data' / 'tinyshakespeare')
+    dest = tmp_path / 'data' / 'tinyshakespeare' / 'input.txt'
+    shutil.copy(SHAKESPEARE, dest) if os.path.exists(SHAKESPEARE) else synthetic_play(dest)
     assert [c.split()[1] for c in cmds[1:]] == ['prepare_owt.py', 'train.py', 'sample.py'], cmds
     for cmd in cmds[1:]:
         args = shlex.split(cmd) + (['--max_iters=2', '--eval_interval=2', '--eval_iters=1'] if 'train.py' in cmd else [])
@@ -450,6 +639,7 @@ def test_readme_quick_start_works_word_for_word(tmp_path):
         assert out.returncode == 0 and 'real-word rate' in out.stdout, (cmd, out.stderr)
 
 
+@pytest.mark.slow
 def test_prepare_roundtrips_gpt2_with_eot_between_documents(tmp_path):
     tiktoken = pytest.importorskip('tiktoken')
     try:
@@ -478,8 +668,8 @@ def test_prepare_roundtrips_gpt2_with_eot_between_documents(tmp_path):
 @pytest.mark.parametrize('B', [1, 4, 8, 16])
 def test_kv_cached_draft_equals_uncached(B):
     model = tiny_model()
-    cached = generate(model, [5], seeds=[1, 2, 3], stages=[(B, 1.0)], use_cache=True)
-    uncached = generate(model, [5], seeds=[1, 2, 3], stages=[(B, 1.0)], use_cache=False)
+    cached = generate(model, [5], seeds=[1, 2, 3], stages=[paper(B)], use_cache=True)
+    uncached = generate(model, [5], seeds=[1, 2, 3], stages=[paper(B)], use_cache=False)
     assert torch.equal(cached['tokens'], uncached['tokens'])
     assert torch.allclose(cached['conf'], uncached['conf'], rtol=1e-10)
     assert (cached['stats'][0]['nfe'] == 31).all() and (uncached['stats'][0]['nfe'] == 31).all()  # one token per forward
@@ -509,16 +699,16 @@ def counts(stats):
 def test_draft_fills_everything_keeps_prompt_and_counts_forwards():
     model = tiny_model()
     prompt = [3, 7, 11, 2, 9, 1]  # reaches into the second block of 4
-    out = generate(model, prompt, seeds=[0, 1], stages=[(4, 1.0)])
+    out = generate(model, prompt, seeds=[0, 1], stages=[paper(4)])
     assert not (out['tokens'] == 39).any()
     assert (out['tokens'][:, :6] == torch.tensor(prompt)).all()
     assert counts(out['stats'][0]) == [dict(nfe=32 - 6, cache_passes=32 // 4 - 1, token_forwards=(26 + 7) * 4)] * 2
     # two steps per block of 8: block 0 has 2 masked (one each step), the others 8 (four each step)
-    out = generate(model, prompt, seeds=[0, 1], stages=[(8, 1.0, 2)])
+    out = generate(model, prompt, seeds=[0, 1], stages=[paper(8, steps=2)])
     assert not (out['tokens'] == 39).any()
     assert counts(out['stats'][0]) == [dict(nfe=4 * 2, cache_passes=3, token_forwards=(8 + 3) * 8)] * 2
     # a global draft (B = L) runs the whole sequence each step, with no cache
-    out = generate(model, prompt, seeds=[0], stages=[(32, 1.0, 5)])
+    out = generate(model, prompt, seeds=[0], stages=[paper(32, steps=5)])
     assert not (out['tokens'] == 39).any() and counts(out['stats'][0]) == [dict(nfe=5, cache_passes=0, token_forwards=5 * 32)]
 
 
@@ -526,9 +716,9 @@ def test_draft_fills_everything_keeps_prompt_and_counts_forwards():
 def test_refine_remasks_floor_gamma_n_lowest_and_keeps_the_rest(remask):
     model = tiny_model()
     seeds = [4, 5, 6]
-    draft = generate(model, [5], seeds, stages=[(4, 1.0)])
+    draft = generate(model, [5], seeds, stages=[paper(4)])
     for gamma, refine_b in [(0.25, 32), (0.5, 8)]:
-        out = generate(model, [5], seeds, stages=[(4, 1.0), (refine_b, gamma)], remask=remask)
+        out = generate(model, [5], seeds, stages=[paper(4), paper(refine_b, gamma)], remask=remask)
         sel = out['remasked'][1]
         r = math.floor(gamma * 31)
         assert (sel.sum(1) == r).all() and not sel[:, 0].any()  # the prompt is never remasked
@@ -551,16 +741,16 @@ def test_snapshot_confidence_is_the_probability_at_commit():
         model.lm_head.weight.zero_()
         model.lm_head.bias[:7] = p.log()
     seeds = list(range(6))
-    out = generate(model, [0], seeds, stages=[(4, 1.0)], top_p=1.0)
+    out = generate(model, [0], seeds, stages=[paper(4)], top_p=1.0)
     assert torch.allclose(out['conf'][:, 1:], p[out['tokens'][:, 1:]])
     assert len(out['tokens'][:, 1:].unique()) >= 5  # really sampled from the whole distribution
     # nucleus 0.6 keeps {0, 1} (0.4 < 0.6 before token 1; 0.65 >= 0.6 before token 2); the confidence is
     # still the untruncated probability
-    out = generate(model, [0], seeds, stages=[(4, 1.0)], top_p=0.6)
+    out = generate(model, [0], seeds, stages=[paper(4)], top_p=0.6)
     assert set(out['tokens'][:, 1:].unique().tolist()) == {0, 1}
     assert torch.allclose(out['conf'][:, 1:], p[out['tokens'][:, 1:]])
     # temperature reshapes the distribution the token is drawn from, and the recorded probability with it
-    out = generate(model, [0], seeds, stages=[(4, 1.0)], top_p=1.0, temperature=0.5)
+    out = generate(model, [0], seeds, stages=[paper(4)], top_p=1.0, temperature=0.5)
     assert torch.allclose(out['conf'][:, 1:], F.softmax(p.log() / 0.5, -1)[out['tokens'][:, 1:]])
 
 
@@ -574,17 +764,17 @@ def test_bd3lm_nucleus_rule_drops_the_crossing_token():
         model.lm_head.weight.zero_()
         model.lm_head.bias[:7] = p.log()
     seeds = list(range(8))
-    got = {rule: set(generate(model, [0], seeds, [(4, 1.0)], top_p=top, nucleus=rule)['tokens'][:, 1:].unique().tolist())
+    got = {rule: set(generate(model, [0], seeds, [paper(4)], top_p=top, nucleus=rule)['tokens'][:, 1:].unique().tolist())
            for rule, top in (('standard', 0.7), ('bd3lm', 0.7))}
     assert got == {'standard': {0, 1, 2}, 'bd3lm': {0, 1}}
-    assert set(generate(model, [0], seeds, [(4, 1.0)], top_p=0.3, nucleus='bd3lm')['tokens'][:, 1:].unique().tolist()) == {0}
+    assert set(generate(model, [0], seeds, [paper(4)], top_p=0.3, nucleus='bd3lm')['tokens'][:, 1:].unique().tolist()) == {0}
 
 
 def test_refine_forward_counts_are_per_row():
     """A refine stage with blocks of 8: each row reveals its own remasked tokens one per forward, so its count is
     its own number of remasked tokens (plus a cache write per block), not the batch's busiest row per block."""
     model = tiny_model()
-    out = generate(model, [5], [4, 5, 6], stages=[(4, 1.0), (8, 0.5)])
+    out = generate(model, [5], [4, 5, 6], stages=[paper(4), paper(8, 0.5)])
     r = math.floor(0.5 * 31)
     assert counts(out['stats'][1]) == [dict(nfe=r, cache_passes=3, token_forwards=(r + 3) * 8)] * 3
     per_block = out['remasked'][1].view(3, 4, 8).sum(-1)  # remasked tokens per (row, block)
@@ -642,7 +832,7 @@ def reference_sample(model, prompt, seed, stages):
     x = torch.full((L,), mask_id, dtype=torch.long)
     x[:len(prompt)] = torch.tensor(prompt)
     conf = torch.ones(L, dtype=torch.float64)
-    for k, (bs, gamma) in enumerate(stages):
+    for k, (bs, gamma) in enumerate((s.block_size, s.gamma) for s in stages):
         if k:  # snapshot remasking: the floor(gamma * n) lowest confidences, prompt excluded
             score = conf.clone()
             score[:len(prompt)] = float('inf')
@@ -664,7 +854,7 @@ def test_exact_sampler_equals_the_slow_reference():
     """One token per step, random order, refresh 1: token for token the sampler defined above, with the KV cache
     and without, for drafts and refines with small and global blocks."""
     model = tiny_model()
-    for stages in ([(4, 1.0)], [(4, 1.0), (32, 0.25)], [(8, 1.0), (4, 0.5)]):
+    for stages in ([paper(4)], [paper(4), paper(32, 0.25)], [paper(8), paper(4, 0.5)]):
         ref = torch.stack([reference_sample(model, [5, 6], s, stages) for s in (3, 4)])
         for use_cache in (True, False):
             out = generate(model, [5, 6], [3, 4], stages, use_cache=use_cache)
@@ -699,27 +889,28 @@ def test_confidence_order_and_threshold_reveal_what_they_claim():
     table = ((1 - q[:, None]) / 4).clamp_min(1e-12).log().expand(L, V).clone()  # tokens 1..4: (1 - q) / 4 each
     table[:, 0] = q.log()  # token 0, the most likely, with probability q[t]
     model = KnownModel(table)
-    out = generate(model, [2], [0], [(16, 1.0, dict(order='confidence', steps=3))], temperature=0)
+    out = generate(model, [2], [0], [Stage(16, order='confidence', steps=3)], temperature=0)
     firsts = [(~(a == 5)) & (b == 5) for a, b in zip(model.seen[1:], model.seen)]  # revealed between forwards
     order = q[1:].argsort(descending=True) + 1  # the 15 generated positions, most confident first
     assert torch.equal(firsts[0][0].nonzero().flatten().sort().values, order[:5].sort().values)  # 15 over 3 steps
     assert torch.equal(firsts[1][0].nonzero().flatten().sort().values, order[5:10].sort().values)
     assert torch.allclose(out['conf'][0, 1:], q[1:]) and (out['tokens'][0, 1:] == 0).all()
     model.seen = []
-    out = generate(model, [2], [0], [(16, 1.0, dict(threshold=0.69))], temperature=0)
+    out = generate(model, [2], [0], [Stage(16, order='confidence', threshold=0.69)], temperature=0)
     step1 = (model.seen[1][0] != 5) & (model.seen[0][0] == 5)
     assert torch.equal(step1.nonzero().flatten(), (q >= 0.69).nonzero().flatten()[1:])  # all >= 0.69, prompt aside
     assert len(model.seen) == 1 + (q[1:] < 0.69).sum()  # then one per forward: nothing else reaches 0.69
     assert counts(out['stats'][0]) == [dict(nfe=len(model.seen), cache_passes=0, token_forwards=16 * len(model.seen))]
 
 
-@pytest.mark.parametrize('opts', [dict(order='confidence'), dict(order='confidence', steps=2), dict(threshold=0.2),
-                                  dict(refresh=3), dict(refresh=100, steps=4), dict(threshold=0.2, refresh=2),
-                                  dict(refresh=0, steps=4, order='confidence')])
+@pytest.mark.parametrize('opts', [dict(order='confidence'), dict(order='confidence', steps=2),
+                                  dict(order='confidence', threshold=0.2), dict(refresh=3), dict(refresh=100, steps=4),
+                                  dict(order='confidence', threshold=0.2, refresh=2), dict(refresh=0, steps=4, order='confidence')])
 def test_every_schedule_fills_everything_keeps_the_prompt_and_counts_per_row(opts):
     model = tiny_model()
     prompt = [3, 7, 11]
-    out = generate(model, prompt, [0, 1, 2], [(4, 1.0, opts), (32, 0.5, opts)])
+    draft = {k: v for k, v in opts.items() if k != 'refresh'}  # refresh is for global stages
+    out = generate(model, prompt, [0, 1, 2], [paper(4, **draft), paper(32, 0.5, **opts)])
     assert not (out['tokens'] == 39).any() and (out['tokens'][:, :3] == torch.tensor(prompt)).all()
     assert torch.equal(out['history'][0][:, :3], out['tokens'][:, :3])
     r = math.floor(0.5 * 29)
@@ -736,23 +927,22 @@ def test_every_schedule_fills_everything_keeps_the_prompt_and_counts_per_row(opt
 def test_refine_cache_partial_forward_equals_the_full_one_when_nothing_changed():
     """Right after a full forward, a forward over some positions alone, against the cached keys and values of
     the rest, gives those positions exactly what the full forward gave them (rotary positions per row)."""
-    from did import RefineCache
+    from did import ActiveKV, StaleKV
     model = tiny_model()
     x = torch.randint(0, 40, (3, 32))
-    cache = RefineCache(model.config.n_layer, 32)
-    full = model.hidden(x, torch.arange(32), cache=cache)
+    stale = StaleKV(model.config.n_layer)
+    full = model.hidden(x, torch.arange(32), cache=stale)
     idx = torch.stack([torch.randperm(32)[:9].sort().values for _ in range(3)])  # (3, 9), different per row
-    cache.idx = idx
-    part = model.hidden(x.gather(1, idx), idx, cache=cache)
+    part = model.hidden(x.gather(1, idx), idx, cache=ActiveKV(stale, idx))
     assert torch.allclose(part, full.gather(1, idx[..., None].expand(-1, -1, full.size(-1))), rtol=1e-10, atol=1e-12)
     # refresh=0 reuses the first full forward's keys/values for the whole stage: what any r beyond the stage's length does
-    stages = lambda r: [(4, 1.0), (32, 0.5, dict(refresh=r, order='confidence'))]
+    stages = lambda r: [paper(4), Stage(32, 0.5, refresh=r, order='confidence')]
     assert torch.equal(generate(model, [5], [0, 1], stages(0))['tokens'], generate(model, [5], [0, 1], stages(1000))['tokens'])
 
 
 def test_sampling_is_seeded_and_batch_invariant():
     model = tiny_model()
-    stages = [(4, 1.0), (32, 0.5)]
+    stages = [paper(4), paper(32, 0.5)]
     a = generate(model, [5], [10, 11, 12], stages)
     b = generate(model, [5], [10, 11, 12], stages)
     assert torch.equal(a['tokens'], b['tokens'])
@@ -763,18 +953,107 @@ def test_sampling_is_seeded_and_batch_invariant():
     assert not torch.equal(a['tokens'][0], a['tokens'][1])
 
 
+def reference_long(model, prompt, seed, max_len, bs=4):
+    """generate_long's draft written the slow way for one sequence: each step runs the block's whole window through
+    the block-causal mask (no cache) and reveals one random position, as reference_sample does. The window is the
+    sequence so far until it would pass L; then prompt[0] and the last L/2 - 1 tokens, and so on."""
+    from did import sample_tokens
+    L, mask_id, W = model.config.seq_len, model.config.mask_id, model.config.seq_len // 2
+    g = torch.Generator().manual_seed(seed)
+    x = torch.full((max_len,), mask_id, dtype=torch.long)
+    x[:len(prompt)] = torch.tensor(prompt)
+    off = 0
+    for a in range(0, max_len, bs):
+        if a - off + bs > L:
+            off = a - W
+        while (x[a:a + bs] == mask_id).any():
+            u = torch.rand(2, bs, generator=g)
+            j = torch.where(x[a:a + bs] == mask_id, u[0], -1.0).argmax().item()
+            win = x[:a + bs] if off == 0 else torch.cat([x[:1], x[off + 1:a + bs]])
+            h = model.hidden(win[None], torch.arange(len(win)), attn_mask=block_causal_mask(L, bs)[:len(win), :len(win)])
+            tok, p = sample_tokens(model.logits(h[0, a - off + j][None]), u[1, j:j + 1])
+            x[a + j] = tok.item()
+    return x
+
+
+def test_long_generation_equals_generate_at_L_and_a_slow_reference_beyond():
+    from did import generate_long
+    model = tiny_model()
+    stages = [paper(4), paper(32, 0.25)]
+    fixed = generate(model, [5, 6], [3, 4], stages)
+    long = generate_long(model, [5, 6], [3, 4], 32, stages)  # max_len = L: the same sampler
+    for i in range(2):
+        assert long[i]['tokens'] == fixed['tokens'][i].tolist() and long[i]['draft'] == fixed['history'][0][i].tolist()
+        assert sorted(long[i]['remasked']) == fixed['remasked'][1][i].nonzero().flatten().tolist()
+    # 2.5 L: three window rebuilds, token for token the slow reference
+    long = generate_long(model, [5, 6], [3, 4], 80, [paper(4)])
+    for i, s in enumerate((3, 4)):
+        assert long[i]['tokens'] == reference_long(model, [5, 6], s, 80).tolist()
+
+
+def test_long_generation_stops_at_eos_and_refines_window_by_window():
+    from did import generate_long
+    model = tiny_model()
+    draft = generate(model, [5], list(range(12)), [paper(4)])['tokens']
+    eos = 7  # some drafts write it: those rows stop there, the same as the fixed-length draft up to it
+    long = generate_long(model, [5], list(range(12)), 32, [paper(4)], stop=eos)
+    stopped = 0
+    for i, r in enumerate(long):
+        row = draft[i].tolist()
+        end = row.index(eos, 1) + 1 if eos in row[1:] else 32
+        assert r['tokens'] == row[:end]
+        stopped += end < 32
+    assert stopped >= 2
+    # a long refine remasks gamma of each window's own generated tokens: [0, 32), then 31 at a time after prompt[0]
+    long = generate_long(model, [5, 6], [1, 2], 100, [paper(4), paper(32, 0.5)])
+    for r in long:
+        assert len(r['tokens']) == 100 and len(r['remasked']) == len(set(r['remasked']))
+        for a, b, n in ((0, 32, 30), (32, 63, 31), (63, 94, 31), (94, 100, 6)):
+            assert sum(a <= j < b for j in r['remasked']) == n // 2  # floor(0.5 n), none of them the prompt
+        assert all(t == d for j, (t, d) in enumerate(zip(r['tokens'], r['draft'])) if j not in r['remasked'])
+        assert 0 not in r['remasked'] and 1 not in r['remasked']
+
+
+def test_infill_keeps_the_text_and_the_global_stage_sees_both_sides():
+    """Holes are filled and nothing else changes; the global stage's fill depends on text after a hole, a
+    left-to-right block draft's does not (its blocks see only what precedes them)."""
+    from did import infill
+    model = tiny_model()
+    a = [5, 1, 2, 39, 39, 39, 39, 3, 4, 8, 9, 10, 11, 12, 13, 14]  # MASK (39) at the hole
+    b = a[:8] + [20, 21, 22, 23, 24, 25, 26, 27]  # the same text before and at the hole, another after it
+    seeds = list(range(8))
+    for stages in ([Stage(16)], [Stage(16), Stage(16, 0.5)], [Stage(4)]):
+        for ids in (a, b):
+            out = infill(model, ids, seeds, stages)
+            fixed = torch.tensor(ids) != 39
+            assert (out['tokens'][:, fixed] == torch.tensor(ids)[fixed]).all() and not (out['tokens'] == 39).any()
+            if len(stages) > 1:
+                assert (out['remasked'][1].sum(1) == 2).all() and not out['remasked'][1][:, fixed].any()
+    glob = [infill(model, ids, seeds, [Stage(16)])['tokens'][:, 3:7] for ids in (a, b)]
+    l2r = [infill(model, ids, seeds, [Stage(4)])['tokens'][:, 3:7] for ids in (a, b)]
+    assert not torch.equal(glob[0], glob[1]) and torch.equal(l2r[0], l2r[1])
+    with pytest.raises(ValueError, match='no MASK'):
+        infill(model, [5, 1, 2, 3], [0], [Stage(4)])
+
+
 def test_sampler_bad_input():
     model = tiny_model()
-    for stages, prompt, remask, msg in [([(5, 1.0)], [1], 'snapshot', 'does not divide'),
-                                        ([(4, 1.0), (32, 1.5)], [1], 'snapshot', 'outside'),
-                                        ([(4, 0.5)], [1], 'snapshot', 'first stage'),
-                                        ([(4, 1.0)], [1] * 32, 'snapshot', 'prompt'),
-                                        ([(4, 1.0), (32, 0.2)], [1], 'best', 'unknown remask'),
-                                        ([(4, 1.0), (32, 0.2, dict(refresh=-1))], [1], 'snapshot', 'refreshed every')]:
+    assert not (generate(model, [1], [0])['tokens'] == 39).any()  # the default stages fit any L (here 32)
+    for stages, prompt, remask, msg in [([Stage(5)], [1], 'snapshot', 'does not divide'),
+                                        ([Stage(4), Stage(32, 1.5)], [1], 'snapshot', 'outside'),
+                                        ([Stage(4, 0.5)], [1], 'snapshot', 'first stage'),
+                                        ([Stage(4)], [1] * 32, 'snapshot', 'prompt'),
+                                        ([Stage(4), Stage(32, 0.2)], [1], 'best', 'unknown remask'),
+                                        ([Stage(4), Stage(32, 0.2, refresh=-1)], [1], 'snapshot', 'refreshed every'),
+                                        ([(4, 1.0)], [1], 'snapshot', 'list of Stage'),
+                                        ([Stage(4, threshold=0.9, steps=2)], [1], 'snapshot', 'no steps'),
+                                        ([Stage(4, threshold=0.9, order='random')], [1], 'snapshot', "order='confidence'"),
+                                        ([Stage(4, refresh=4)], [1], 'snapshot', 'applies to global stages')]:
         with pytest.raises(ValueError, match=msg):
             generate(model, prompt, [0], stages, remask=remask)
 
 
+@pytest.mark.slow
 def test_sample_py_end_to_end(tiny_run):
     tmp_path = tiny_run[0]
     cmd = [sys.executable, os.path.join(ROOT, 'sample.py'), '--out_dir=a', '--num_samples=3', '--batch_size=2',
@@ -793,7 +1072,7 @@ def test_sample_py_end_to_end(tiny_run):
     bad = subprocess.run(cmd[:-3] + ['--stages=5:1.0'], cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode != 0 and 'does not divide' in bad.stderr and 'Traceback' not in bad.stderr
     # --words_from prints the mean real-word rate of the samples against a text's words (no judge needed)
-    from did import real_word_rate, words
+    from judge import real_word_rate, words
     (tmp_path / 'w.txt').write_text('the sat a ' + ' '.join(words(rows[0]['text'])[:3]))
     rated = subprocess.run(cmd[:-3] + ['--words_from=w.txt', '--out=s.jsonl', '--overwrite=True'], cwd=tmp_path,
                            capture_output=True, text=True)
@@ -806,8 +1085,64 @@ def test_sample_py_end_to_end(tiny_run):
 # -----------------------------------------------------------------------------
 # generative perplexity and entropy
 
+@pytest.mark.slow
+def test_sample_py_infills_writes_any_length_and_a_replay_page(tiny_run):
+    """--infill fills only the holes (one token per _); --max_len goes past seq_len and --stop_at_eos ends a row at
+    its first <|endoftext|>; --html writes one self-contained page whose steps are the first sample's forwards."""
+    tmp_path = tiny_run[0]
+    S = [sys.executable, os.path.join(ROOT, 'sample.py'), '--out_dir=a', '--num_samples=3', '--batch_size=3']
+    text = 'the cat sat ____ the mat and ___ dog'
+    out = subprocess.run(S + [f'--infill={text}', '--out=fill.jsonl', '--show'], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for r in map(json.loads, open(tmp_path / 'fill.jsonl')):
+        got = r['text'].removeprefix('<|endoftext|>')
+        assert len(got) == len(text) and all(a == b for a, b in zip(got, text) if b != '_')
+        assert len(r['filled']) == text.count('_') and len(r['remasked'][0]) == text.count('_') // 4  # the refine
+    out = subprocess.run(S + ['--max_len=150', '--stop_at_eos=True', '--stages=4:1.0,L:0.25', '--out=long.jsonl'], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    eot = json.load(open(tmp_path / 'data' / 'tiny' / 'meta.json'))['eot']
+    for r in map(json.loads, open(tmp_path / 'long.jsonl')):
+        assert len(r['tokens']) == 150 or r['tokens'][-1] == eot and eot not in r['tokens'][1:-1]
+    # three stages: --show marks what any refine remasked (it used to mark the last stage's only)
+    out = subprocess.run(S[:-2] + ['--num_samples=1', '--stages=4:1.0,L:0.25,L:0.25', '--show', '--out=three.jsonl'],
+                         cwd=tmp_path, capture_output=True, text=True)
+    r = json.loads(open(tmp_path / 'three.jsonl').readline())
+    union = set(r['remasked'][0]) | set(r['remasked'][1])
+    assert out.returncode == 0 and f"({len(r['changed'])} of {len(union)} remasked changed)" in out.stdout, out.stdout
+    out = subprocess.run(S[:-2] + ['--num_samples=1', '--stages=4:1.0,L:0.25', '--html=page.html'], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    page = (tmp_path / 'page.html').read_text()
+    n = int(re.search(r'wrote page.html: (\d+) forwards', out.stdout).group(1))
+    assert n == 63 + 15 and 'http' not in page and '<script src' not in page and '<link' not in page  # self-contained
+    data = json.loads(re.search(r'const D = (.*?);\n', page).group(1))
+    assert sum(f['kind'] == 'reveal' for f in data['frames']) == n and sum(f['kind'] == 'remask' for f in data['frames']) == 1
+
+
+@pytest.mark.slow
+def test_the_replay_page_steps_in_a_real_browser(tiny_run, tmp_path):
+    """Headless Chromium opens the page at three steps (page.html#frame=N) and draws three different pictures."""
+    chromium = shutil.which('chromium') or shutil.which('chromium-browser') or shutil.which('google-chrome')
+    if not chromium:
+        pytest.skip('no Chromium here (apt-get install chromium)')
+    page = tiny_run[0] / 'page.html'
+    if not page.exists():
+        subprocess.run([sys.executable, os.path.join(ROOT, 'sample.py'), '--out_dir=a', '--num_samples=1', '--stages=4:1.0,L:0.25',
+                        '--html=page.html'], cwd=tiny_run[0], check=True, capture_output=True)
+    shots = []
+    for frame in (0, 40, 10000):
+        png = tmp_path / f'{frame}.png'
+        subprocess.run([chromium, '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+                        '--disable-background-networking', '--disable-component-update', '--disable-sync',
+                        f'--user-data-dir={tmp_path / "profile"}', '--window-size=1000,600', f'--screenshot={png}',
+                        f'file://{page}#frame={frame}'], capture_output=True, timeout=120)
+        shots.append(png.read_bytes())
+    assert all(s.startswith(b'\x89PNG') for s in shots) and len(set(shots)) == 3
+
+
 def test_gen_ppl_matches_hand_computation():
-    from did import gen_ppl, sample_nll, unigram_entropy
+    from judge import gen_ppl, sample_nll, unigram_entropy
     V, eos = 6, 5
     # a judge whose prediction at row r of its input window puts logit r + 1 on the token at that row: the
     # numbers depend on where each window starts, so the windowing is checked too
@@ -841,7 +1176,7 @@ def test_gen_ppl_matches_hand_computation():
 def test_gen_ppl_skips_samples_with_nothing_to_score():
     """A sample whose every target is EOS has no perplexity: BD3-LM's NaN-skipping mean leaves it out (it would
     otherwise enter as 1.0); the clean-up of Hugging Face's batch_decode is applied as transformers 4.38 did."""
-    from did import clean_up_tokenization, gen_ppl
+    from judge import clean_up_tokenization, gen_ppl
     V, eos = 6, 5
     logits_fn = lambda ids: torch.zeros(len(ids), V, dtype=torch.float64)  # noqa: E731  uniform: PPL 6
     mean, std, weighted, per = gen_ppl(logits_fn, [[eos, 1, 2], [eos, eos, eos], [eos, 3, 4, 1]], eos, ctx_len=64)
@@ -853,6 +1188,7 @@ def test_gen_ppl_skips_samples_with_nothing_to_score():
     assert clean_up_tokenization(text) == transformers.PreTrainedTokenizerBase.clean_up_tokenization(None, text)
 
 
+@pytest.mark.slow
 def test_gpt2_judge_path_end_to_end_with_a_tiny_local_gpt2(tiny_run):
     """The paper's judge is gpt2-large through transformers; with no network, a tiny random GPT-2 saved to a
     local folder (the real GPT-2 tokenizer, from ../shared) exercises all of that path but the download."""
@@ -876,7 +1212,7 @@ def test_gpt2_judge_path_end_to_end_with_a_tiny_local_gpt2(tiny_run):
     row = json.loads(out.stdout.strip().splitlines()[-1])
     assert row['scored'] == 2 and 1 < row['gen_ppl'] < 50257 * 10 and row['entropy'] > 0
     # the same numbers by hand: decode, clean up, re-encode, truncate to L = 64 tokens, score with a window of 32
-    from did import Judge, clean_up_tokenization, sample_nll
+    from judge import Judge, clean_up_tokenization, sample_nll
     jd = Judge(str(tmp_path / 'tinygpt2'))
     assert jd.hf and jd.ctx_len == 32
     (mean, *_), _ = jd.score(["<|endoftext|>Hello , world . It 's me", "<|endoftext|>" + "a b " * 60], 64)
@@ -889,7 +1225,7 @@ def test_gpt2_judge_path_end_to_end_with_a_tiny_local_gpt2(tiny_run):
 
 def test_real_word_rate_by_hand():
     """Words are lowercased runs of letters; the rate is the share of a sample's words found in the vocabulary."""
-    from did import real_word_rate, words
+    from judge import real_word_rate, words
     vocab = set(words("To be, or not to be: that is the question.\nWhether 'tis nobler"))
     assert vocab == {'to', 'be', 'or', 'not', 'that', 'is', 'the', 'question', 'whether', 'tis', 'nobler'}
     # words: to, be, xq, the, qvestion, nobler, o, tis -> 5 of 8 are real (xq, qvestion, o are not)
@@ -898,29 +1234,86 @@ def test_real_word_rate_by_hand():
     assert math.isnan(real_word_rate("123 ... !", vocab))
 
 
+def test_gen_ppl_at_matched_entropy_on_a_synthetic_frontier():
+    """On a frontier where log Gen PPL is linear in entropy, the interpolated value is exact, the bootstrap of
+    identical samples has zero spread, a constant factor between two curves is their paired difference, and an
+    entropy outside the sweep gives NaN rather than an extrapolation."""
+    from judge import at_entropy, boot_se, matched_entropy
+    n = 8
+    def curve(a, b, hs):  # one row per temperature: every sample at entropy h, Gen PPL exp(a + b h)
+        return [dict(entropies=[h] * n, gen_ppls=[math.exp(a + b * h)] * n) for h in hs]
+    hs = [2.6, 2.8, 3.0, 3.2, 3.4]
+    assert at_entropy(curve(1.0, 0.5, hs), 3.1) == pytest.approx(math.exp(1.0 + 0.5 * 3.1), rel=1e-12)
+    assert at_entropy(curve(1.0, 0.5, hs[::-1]), 2.9) == pytest.approx(math.exp(1.0 + 0.5 * 2.9), rel=1e-12)
+    assert math.isnan(at_entropy(curve(1.0, 0.5, hs), 3.5)) and math.isnan(at_entropy(curve(1.0, 0.5, hs), 2.5))
+    # between two points of a curve that is not log-linear: linear in log Gen PPL between the neighbours
+    bent = [dict(entropies=[h] * n, gen_ppls=[p] * n) for h, p in ((3.0, 10.0), (3.2, 20.0), (3.4, 80.0))]
+    assert at_entropy(bent, 3.25) == pytest.approx(math.exp(math.log(20) + 0.25 * math.log(4)), rel=1e-12)
+    est, draws = matched_entropy({'a': curve(1.0, 0.5, hs), 'b': curve(1.0 + math.log(2), 0.5, hs)}, 3.1, n_boot=50)
+    assert est['b'] - est['a'] == pytest.approx(math.exp(1.0 + 0.5 * 3.1), rel=1e-9)  # b is twice a
+    assert boot_se(draws['a']) == pytest.approx(0.0, abs=1e-9)
+    # samples that differ: the bootstrap spread is about the standard error of the mean
+    rng = np.random.default_rng(0)
+    noisy = [dict(entropies=list(h + 0.1 * rng.standard_normal(400)), gen_ppls=list(10 * h + rng.standard_normal(400)))
+             for h in (3.0, 3.2)]
+    est, draws = matched_entropy({'c': noisy}, 3.1, n_boot=300)
+    assert est['c'] == pytest.approx(31, rel=0.02) and 0.02 < boot_se(draws['c']) < 0.2
+    # a target taken from a row is resampled with it: a curve read off at its own point is that point in every draw
+    est, draws = matched_entropy({'c': noisy}, noisy[0], n_boot=300)
+    assert est['c'] == pytest.approx(np.mean(noisy[0]['gen_ppls']), rel=1e-12) and boot_se(draws['c']) > 0
+
+
+def ablate(tmp_path, *args):
+    """ablate.py on a tiny model and text, training only; returns its output."""
+    text = tmp_path / 't.txt'
+    text.write_text('the cat sat on the mat and the dog ran far away. ' * 400)
+    cmd = [sys.executable, os.path.join(ROOT, 'ablate.py'), f'--text={text}', '--out_dir=abl', '--seq_len=16',
+           '--n_layer=1', '--n_head=2', '--n_embd=16', '--batch_size=2', '--judge_iters=2', '--seeds=[1]',
+           '--train_only=True', *args]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+
+
+@pytest.mark.slow
+def test_ablate_arms_keep_the_papers_proportions(tmp_path):
+    """By default one pretrain of 5.7 F (BD3-LM's 850K : 150K); per seed, the baseline gets F and DiD and the
+    block-4-only arm 0.26 F, the first seed also an equal-budget DiD (F), all fine-tuned from that pretrain with
+    BD3-LM's warmup scaled like the budgets; each arm's folder is keyed by its settings."""
+    out = ablate(tmp_path, '--finetune_iters=8', '--seeds=[1, 2]')
+    assert out.returncode == 0, out.stdout + out.stderr
+    folders = re.findall(r'^\[\d+/\d+\] training (\S+)', out.stdout, re.M)
+    roles = [f.split('-')[0] for f in folders]
+    assert sorted(roles) == ['baseline', 'baseline', 'did', 'did', 'did_equal', 'judge', 'pretrain', 'small', 'small']
+    cfg = {(f.split('-')[0], c['seed']): c for f in folders
+           for c in [torch.load(tmp_path / 'abl' / f / 'ckpt.pt', weights_only=False)['config']]}
+    pre = cfg['pretrain', 1]  # one pretrain, shared by both seeds' fine-tunes
+    assert pre['max_iters'] == round(5.7 * 8) and pre['block_mix'] == {16: 1.0} and pre['warmup_iters'] == 100
+    want = {'baseline': (8, {4: 1.0}), 'did_equal': (8, {4: 0.9, 16: 0.1}), 'did': (2, {4: 0.9, 16: 0.1}), 'small': (2, {4: 1.0})}
+    for (role, seed), c in cfg.items():
+        if role in want:
+            assert (c['max_iters'], c['block_mix'], c['warmup_iters']) == (*want[role], 1), (role, seed)
+            assert c['init_from'] == 'run:' + next(f for f in folders if f.startswith('pretrain')), role
+    assert {s for r, s in cfg if r == 'did_equal'} == {1} and {s for r, s in cfg if r == 'small'} == {1, 2}
+    assert cfg['judge', 1]['causal'] and 'protocol: pretrain P=46, fine-tunes F=8' in out.stdout
+
+
+@pytest.mark.slow
 def test_ablate_reuses_only_runs_made_with_the_same_settings(tmp_path):
     """ablate.py names every run folder by a hash of its settings: a rerun with another fine-tuning budget
     reuses the pretrained model (same settings) and trains new fine-tunes; the committed results are safe."""
-    text = tmp_path / 't.txt'
-    text.write_text('the cat sat on the mat and the dog ran far away. ' * 400)
-    base = [sys.executable, os.path.join(ROOT, 'ablate.py'), f'--text={text}', '--out_dir=abl', '--seq_len=16',
-            '--n_layer=1', '--n_head=2', '--n_embd=16', '--batch_size=2', '--pretrain_iters=2', '--judge_iters=2',
-            '--seeds=[1]', '--train_only=True']
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    first = subprocess.run(base + ['--finetune_iters=2'], cwd=tmp_path, capture_output=True, text=True, env=env)
-    second = subprocess.run(base + ['--finetune_iters=6'], cwd=tmp_path, capture_output=True, text=True, env=env)
+    first, second = (ablate(tmp_path, '--pretrain_iters=2', f'--finetune_iters={f}') for f in (2, 6))
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
-    trained = [re.findall(r'^training (\S+)', o.stdout, re.M) for o in (first, second)]
+    trained = [re.findall(r'^\[\d+/\d+\] training (\S+)', o.stdout, re.M) for o in (first, second)]
     reused = re.findall(r'^reusing (\S+)', second.stdout, re.M)
-    assert len(trained[0]) == 5 and {f.split('-')[0] for f in trained[1]} == {'baseline', 'did', 'did_equal'}
+    assert len(trained[0]) == 6 and {f.split('-')[0] for f in trained[1]} == {'baseline', 'did', 'did_equal', 'small'}
     assert sorted(reused) == sorted(f for f in trained[0] if f.startswith(('pretrain', 'judge')))
     assert not set(trained[0]) & set(trained[1])  # nothing trained under other settings is taken for these
     (tmp_path / 'abl' / 'results.md').write_text('committed')
-    third = subprocess.run(base + ['--finetune_iters=2'], cwd=tmp_path, capture_output=True, text=True, env=env)
+    third = ablate(tmp_path, '--pretrain_iters=2', '--finetune_iters=2')
     assert third.returncode != 0 and 'already holds results' in third.stderr
     assert (tmp_path / 'abl' / 'results.md').read_text() == 'committed'
 
 
+@pytest.mark.slow
 def test_sample_eval_with_our_own_ar_judge(tiny_run):
     tmp_path = tiny_run[0]
     train(tmp_path, '--max_iters=10', '--eval_interval=10', '--out_dir=ar', '--causal=True')
@@ -943,6 +1336,7 @@ def test_sample_eval_with_our_own_ar_judge(tiny_run):
     assert row['forwards'] == 16 * 2 + 15 + 5 and row['token_forwards'] == (16 * 2 + 15) * 4 + 64 + 4 * 15
 
 
+@pytest.mark.slow
 def test_bench_runs_end_to_end():
     out = subprocess.run([sys.executable, os.path.join(ROOT, 'bench.py'), '--shape=smoke', '--vocab_size=40',
                           '--train_iters=1', '--warmup=0', '--sample_batch=2', '--long_len=64', '--device=cpu'],
@@ -1013,8 +1407,123 @@ def bd3lm_reference_logits(sd, idx, attn_mask=None, pos=None, n_head=2):
     return F.linear(x, sd['output_layer.linear.weight'], sd['output_layer.linear.bias'])
 
 
+# -----------------------------------------------------------------------------
+# the GPU paths, on the CPU: tensors faked on an accelerator, bf16 autocast, compilation
+
+def fake_accelerator():
+    """A FakeTensorMode and a function that moves a real tensor onto a fake accelerator: CUDA where this PyTorch has
+    CUDA, else the meta device (a CPU-only build cannot index fake CUDA tensors: its device guards need CUDA). Any
+    CPU tensor that meets an accelerator tensor then fails as it would on a GPU (FakeTensorDeviceMismatchError);
+    shapes that depend on data (boolean masks) work, their values (.item(), bool()) do not."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+    mode = FakeTensorMode(shape_env=ShapeEnv(), static_shapes=True, allow_non_fake_inputs=True)
+    dev = torch.device('cuda:0' if torch.backends.cuda.is_built() else 'meta')
+    return mode, lambda x: FakeTensor(mode, x.detach().to('meta'), dev)
+
+
+@pytest.fixture
+def fresh_masks():
+    """The cached masks built under a fake mode must not leak into other tests."""
+    yield
+    from did import block_causal_mask, block_diff_mask
+    for f in (block_diff_mask, block_causal_mask):
+        f.__wrapped__.cache_clear()
+
+
+def test_a_training_step_on_a_fake_accelerator_never_touches_the_cpu(fresh_masks):
+    """One step of train.py's work (the loss at every block size, backward, AdamW, the EMA update) with the model
+    and batch on a fake accelerator: a tensor made on the CPU inside the step (a missing device=) fails here."""
+    import copy
+    mode, to = fake_accelerator()
+    model = DiD(DiDConfig(seq_len=16, vocab_size=40, n_layer=2, n_head=2, n_embd=16))
+    model._apply(to)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    x0 = torch.randint(0, 39, (2, 16))
+    noise = {bs: add_noise(x0, bs, 39, 0.5, 1.0, resample=True, keep_first=True) for bs in (4, 16)}  # on the CPU, as train.py
+    with mode:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+        for bs in (4, 16, 0):
+            x_t, t = noise.get(bs, noise[4])
+            loss = model(to(x0), to(x_t), to(t), bs) if bs else model(to(x0))
+            assert loss.device == model.lm_head.weight.device
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 0.01)
+        with pytest.raises(Exception, match='device'):  # the check is real: a CPU tensor in the step fails
+            model(to(x0), to(x_t), t, 4)
+
+
+def test_the_sampler_pieces_on_a_fake_accelerator_never_touch_the_cpu(fresh_masks):
+    """Every piece of the samplers without data-dependent control flow, on a fake accelerator: the draft's forward
+    and KV cache, the global forward (exact, and the stale keys/values of refresh), both reveal rules (the threshold
+    one used to mix in a CPU tensor), the token draw, the remask scores. The loop that drives them (fill, generate)
+    reads values only where it must: the masked count per block, and with a threshold the count each forward
+    revealed (.cpu()); the data-dependent shapes of h[reveal] and of the nucleus fallback; once per stage the free
+    count (lowest) and, with refresh, whether the rows agree (GlobalForward)."""
+    from functools import partial
+    from did import ActiveKV, BlockForward, GlobalForward, StaleKV, lowest, reveal_confident, reveal_random, sample_tokens
+    mode, to = fake_accelerator()
+    model = tiny_model().float()
+    model._apply(to)
+    x = torch.randint(0, 39, (3, 32))
+    x[:, 10:] = 39
+    x = to(x)
+    draw = partial(sample_tokens, top_p=1.0)  # the nucleus path has a data-dependent fallback
+    u = to(torch.rand(3, 2, 32))
+    with mode:
+        blocks = BlockForward(model, x, 4, use_cache=True)
+        h, n = blocks(8)  # the block [8, 12) against the cache
+        blocks.block_done(8, {k: torch.zeros(3, dtype=torch.long) for k in ('cache_passes', 'token_forwards')})
+        still, k = x[:, 8:12] == 39, to(torch.tensor([1, 2, 0]))
+        for reveal in (reveal_random(model, h, still, k, u[:, :, :4], draw), reveal_confident(model, h, still, k, u[:, :, :4], draw),
+                       reveal_confident(model, h, still, k, u[:, :, :4], draw, threshold=0.5)):
+            assert all(r.device == x.device for r in reveal)
+        uncached = BlockForward(model, x, 4, use_cache=False)
+        assert uncached(8)[0].shape == h.shape
+        h, n = GlobalForward(model, x, 1, use_cache=True)(0)
+        reveal_confident(model, h, x == 39, to(torch.tensor([1, 1, 1])), u, draw, threshold=0.9)
+        stale, active = StaleKV(model.config.n_layer), to(torch.arange(10, 32).repeat(3, 1))
+        model.hidden(x, to(torch.arange(32)), cache=stale)
+        assert model.hidden(x.gather(1, active), active, cache=ActiveKV(stale, active)).device == x.device
+        conf, fixed = to(torch.rand(3, 32)), to(torch.zeros(3, 32, dtype=torch.bool))
+        gens = [torch.Generator().manual_seed(i) for i in range(3)]
+        for remask in ('snapshot', 'posthoc', 'random'):
+            assert lowest(model, x, conf, gens, 5, fixed, remask).device == x.device
+        with pytest.raises(Exception, match='device'):  # the old threshold rule: a CPU count in a device where()
+            torch.where(k > 0, (still.sum(1).clamp(min=1)).cpu(), 0)
+
+
+def test_bf16_autocast_training_and_sampling_agree_with_fp32():
+    """The GPU's default dtype, run on the CPU: the loss and its gradients under bf16 autocast are within bf16's
+    precision of fp32 (2e-2 relative), and so are the draft's probabilities for the same tokens."""
+    model = tiny_model(L=32).float()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 39, (4, 32), generator=g)
+    x_t, t = add_noise(x0, 4, 39, generator=g)
+    out = []
+    for ctx in (contextlib.nullcontext(), torch.autocast('cpu', dtype=torch.bfloat16)):
+        model.zero_grad()
+        with ctx:
+            loss = model(x0, x_t, t, 4)
+        loss.backward()
+        out.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    assert abs(out[0][0] - out[1][0]) / out[0][0] < 2e-2
+    assert (out[0][1] - out[1][1]).norm() / out[0][1].norm() < 5e-2
+    with torch.no_grad():
+        h32 = model.logits(model.hidden(x0, torch.arange(32))).softmax(-1)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            h16 = model.logits(model.hidden(x0, torch.arange(32))).softmax(-1)
+    assert h16.dtype == torch.float32 and (h16 - h32).abs().max() < 2e-2  # the head's logits are promoted to fp32
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        res = generate(model, [5], [0, 1], [paper(4), paper(32, 0.25)])
+    assert not (res['tokens'] == 39).any() and res['conf'].dtype == torch.float32
+
+
 def test_bd3lm_checkpoint_converts_to_the_same_logits():
-    from did import from_bd3lm
+    from load import from_bd3lm
     sd = bd3lm_state_dict()
     model, eps = from_bd3lm(sd, seq_len=16)
     model = model.double().eval()
@@ -1030,6 +1539,7 @@ def test_bd3lm_checkpoint_converts_to_the_same_logits():
     assert torch.allclose(ours, bd3lm_reference_logits(sd, inp, mask, pos=pos), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_flex_attention_matches_dense_mask():
     """FlexAttention is the CUDA fast path; wherever it runs, it must equal SDPA with the dense 2L mask: on
     random q, k, v (where a wrong mask shows at once) and through the model's loss."""
@@ -1055,6 +1565,7 @@ def test_flex_attention_matches_dense_mask():
             assert torch.allclose(flex, dense, atol=1e-5), (B, (flex - dense).abs().max())
 
 
+@pytest.mark.slow
 def test_compiled_loss_matches_eager():
     """train.py's --compile=True path: the torch.compiled model gives the eager loss and gradients at block
     size 4 (it used to crash on the CPU, in inductor's code for the mask, which was traced into the graph).
@@ -1074,9 +1585,10 @@ def test_compiled_loss_matches_eager():
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6), (grads[0] - grads[1]).abs().max()
 
 
+@pytest.mark.slow
 def test_train_py_fine_tunes_a_local_bd3lm_checkpoint(tiny_run):
-    """The searched interval of a BD3-LM checkpoint is carried over only to the block size it was found for, and
-    float32's 1e-3 (0.0010000000474974513) is the unclipped bound, not a clipped one."""
+    """A BD3-LM checkpoint fine-tunes with its shape; its searched interval is read (float32's 1e-3,
+    0.0010000000474974513, is the unclipped bound) but, as in BD3-LM, not carried into the fine-tune."""
     tmp_path = tiny_run[0]
     V = json.load(open(tmp_path / 'data' / 'tiny' / 'meta.json'))['vocab_size'] + 1
     for name, eps, block in (('bd3', (0.5, 1.0), 64), ('bd3u', (1e-3, 1.0), 4)):
@@ -1084,22 +1596,34 @@ def test_train_py_fine_tunes_a_local_bd3lm_checkpoint(tiny_run):
         sd = bd3lm_state_dict(V=V)
         sd['backbone.sampling_eps_min'], sd['backbone.sampling_eps_max'] = torch.tensor(eps, dtype=torch.float32)
         torch.save(sd, tmp_path / name / 'pytorch_model.bin')
-        (tmp_path / name / 'config.json').write_text(json.dumps({'n_heads': 2, 'block_size': block}))
+        (tmp_path / name / 'config.json').write_text(json.dumps({'n_heads': 2, 'block_size': block, 'mask_index': V - 1}))
+    shapeless = [a for a in TINY if not a.startswith(('--n_layer=', '--n_head=', '--n_embd='))]  # the checkpoint's shape
     losses, log = train(tmp_path, '--max_iters=2', '--eval_interval=2', '--out_dir=ft', '--init_from=bd3lm:bd3',
-                        '--noise_clip={}')
+                        '--noise_clip={}', base=shapeless)
     assert 'loaded bd3lm:bd3' in log and "'n_embd': 128" in log and "searched noise interval {64: (0.5, 1.0)}" in log
     assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
-    assert torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=False)['intervals'] == {64: (0.5, 1.0)}  # not on 4
-    train(tmp_path, '--max_iters=1', '--eval_interval=1', '--out_dir=ftu', '--init_from=bd3lm:bd3u', '--noise_clip={}')
-    assert torch.load(tmp_path / 'ftu' / 'ckpt.pt', weights_only=False)['intervals'] == {}
+    # as BD3-LM's fine-tuning, the intervals start from the config (noise_clip), not from the checkpoint's search
+    assert torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=False)['intervals'] == {}
+    _, log = train(tmp_path, '--max_iters=1', '--eval_interval=1', '--out_dir=ftu', '--init_from=bd3lm:bd3u', base=shapeless)
+    # a shape given on the command line that contradicts the checkpoint is refused in one line
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *TINY, '--out_dir=fts', '--init_from=bd3lm:bd3'],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1 and 'drop --n_embd' in out.stderr, out.stderr
+    assert torch.load(tmp_path / 'ftu' / 'ckpt.pt', weights_only=False)['intervals'] == {4: (0.5, 1.0)}
+    assert 'searched noise interval none' in log  # float32's 1e-3 is the unclipped bound
+    # a vocabulary whose MASK is not the last id (an LM1B / BERT checkpoint) is refused in one line
+    (tmp_path / 'bd3' / 'config.json').write_text(json.dumps({'n_heads': 2, 'block_size': 64, 'mask_index': 3}))
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *shapeless, '--out_dir=ftm', '--init_from=bd3lm:bd3'],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1 and 'MASK at 3' in out.stderr, out.stderr
 
 
 def test_bd3lm_head_count_comes_from_its_config(tmp_path):
     """BD3-LM's tiny model is 256 wide with 8 heads (head dim 32): the head count is read, not assumed 64 wide."""
-    from did import load_bd3lm
+    from load import load_bd3lm
     sd = bd3lm_state_dict(C=128)
     torch.save(sd, tmp_path / 'pytorch_model.bin')
-    (tmp_path / 'config.json').write_text(json.dumps({'n_heads': 8, 'block_size': 4}))
+    (tmp_path / 'config.json').write_text(json.dumps({'n_heads': 8, 'block_size': 4, 'mask_index': 49}))
     model, found = load_bd3lm(str(tmp_path), seq_len=16)
     model = model.double().eval()
     assert model.config.n_head == 8 and found == {4: (0.5, 1.0)}
@@ -1119,14 +1643,25 @@ def test_flops_count_the_flex_tiles_that_run():
         assert frac == tiles.float().mean().item() < 1
     assert abs(live_fraction(flex_block_mask(1024, 4, 'cpu')) - 0.3125) < 1e-9  # about 31% at the paper's shape
     model = tiny_model(L=32)
+    model.flex = True
     attn = 12 * 2 * 16 * 64 * 64 * 3
     assert model.estimate_flops(3, 4, 10) - model.estimate_flops(3, 4, 10, attn_frac=0.25) == 0.75 * attn
+    assert model.attention_fraction(4) == live_fraction(flex_block_mask(32, 4, 'cpu')) and model.attention_fraction(32) == 1
 
 
 def test_estimate_flops_counts_the_2l_input():
-    model = tiny_model(L=32)
-    n_trunk = sum(p.numel() for p in model.h.parameters())
+    """6 x parameters x tokens + attention, counted layer by layer as the dense path runs it: every layer takes the
+    2L input [x_t ; x_0], except that the last needs only the clean half's keys and values (n_out = L)."""
+    model = tiny_model(L=32)  # 2 layers x 16 wide
     n_head = model.lm_head.weight.numel()
-    attn = 12 * 2 * 16
-    assert model.estimate_flops(3, 4, 10) == 6 * (n_trunk * 64 * 3 + n_head * 10) + attn * 64 * 64 * 3
-    assert model.estimate_flops(3, 32, 10) == model.estimate_flops(3, 0, 10) == 6 * (n_trunk * 32 * 3 + n_head * 10) + attn * 32 * 32 * 3
+    layer = sum(p.numel() for p in model.h[0].parameters())
+    qkv = model.h[0].attn.c_attn.weight.numel()
+    attn = lambda tq, tk: 12 * 16 * tq * tk  # noqa: E731  QK^T and AV, forward and backward, one sequence
+    first = 6 * layer * 64 + attn(64, 64)
+    last = 6 * qkv * 64 + 6 * (layer - qkv) * 32 + attn(32, 64)
+    assert model.estimate_flops(3, 4, 10) == pytest.approx(3 * (first + last) + 6 * n_head * 10, rel=1e-12)
+    model.flex = True  # FlexAttention runs the last layer on all 2L queries
+    assert model.estimate_flops(3, 4, 10) == pytest.approx(3 * 2 * first + 6 * n_head * 10, rel=1e-12)
+    model.flex = False
+    one = 6 * layer * 32 + attn(32, 32)  # B = L and causal: L tokens, no clean copy
+    assert model.estimate_flops(3, 32, 10) == model.estimate_flops(3, 0, 10) == pytest.approx(3 * 2 * one + 6 * n_head * 10, rel=1e-12)

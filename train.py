@@ -14,6 +14,7 @@ Fine-tune another run's model (its weights and EMA, a fresh optimizer, iteration
 $ python train.py config/train_shakespeare_char.py --init_from=run:out-pretrain --out_dir=out-finetune
 """
 
+import atexit
 import contextlib
 import copy
 import json
@@ -22,14 +23,17 @@ import os
 import signal
 import sys
 import time
+signal.signal(signal.SIGINT, lambda *_: sys.exit("error: interrupted while starting: no training ran"))  # one line, not a traceback
 
 import numpy as np
 import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from did import (DiD, DiDConfig, add_noise, check_device, clipped_schedule_search, configure, diffusion_loss,
-                 flex_block_mask, live_fraction, load_bd3lm, load_checkpoint, nelbo, search_intervals)
+from configurator import check_device, configure, fail, guard
+from did import DiD, DiDConfig, add_noise, clipped_schedule_search, diffusion_loss, nelbo, search_intervals
+from load import load_bd3lm, load_checkpoint
+from did import peak_flops as peak_flops_of
 
 # -----------------------------------------------------------------------------
 # default config values: the paper's OWT shape (BD3-LM small, L=1024, mix-scale 4/1024)
@@ -48,6 +52,7 @@ wandb_run_name = 'did'
 dataset = 'openwebtext'         # reads data/<dataset>/train.bin and val.bin (uint16), written by prepare_owt.py
 tokenizer = ''                  # '', 'gpt2' or 'char': the tokenizer the config expects (checked against data/<dataset>/meta.json; '' takes the data's)
 bos = True                      # every sequence starts with <|endoftext|> at position 0, never masked or scored (BD3-LM's ignore_bos; sampling starts from it)
+clean_first = False             # with bos=False: the window's own first token is kept unmasked and unscored instead (BD3-LM's OWT scripts)
 total_batch_size = 512 * 1024   # tokens per optimizer step; gradient accumulation is derived from it
 batch_size = 16                 # sequences per micro-step per process
 # model
@@ -61,7 +66,9 @@ vocab_size = None               # None: data/<dataset>/meta.json's vocab size + 
 causal = False                  # True: train a causal next-token model (AR baseline, or a Gen PPL judge)
 block_mix = {4: 0.9, 1024: 0.1}  # DiD's mix-scale training: block size -> probability, one draw per micro-step
 noise_clip = {4: (0.5, 1.0)}    # clipped t interval per block size (BD3-LM's schedule for B=4); others: (1e-3, 1)
-noise_search = False            # BD3-LM's clipped-schedule search: at each evaluation, set each small block size's interval to the candidate with the lowest loss variance
+noise_search = False            # BD3-LM's clipped-schedule search: set each small block size's interval to the candidate with the lowest loss variance
+search_interval = 10000         # run it every this many iterations (BD3-LM: with each validation, every 10K steps); a multiple of eval_interval
+search_seqs = 12800             # validation sequences it scores per candidate, split over the processes (BD3-LM: 100 batches x 16 x 8 GPUs)
 resample = True                 # redraw blocks whose realized masked fraction leaves the clipped interval
 eval_block_sizes = [4, 1024]    # report the validation NELBO at these block sizes (0 = AR loss)
 # optimizer (BD3-LM: AdamW lr 3e-4, betas (0.9, 0.999), no weight decay, warmup then constant)
@@ -82,21 +89,55 @@ flex = torch.cuda.is_available()  # FlexAttention for the 2L block-diffusion mas
 peak_flops = 0.0                # one device's peak FLOP/s for MFU; 0: looked up from the GPU's name (bf16 dense)
 seed = 1337
 # -----------------------------------------------------------------------------
-config_keys = configure(globals(), sys.argv[1:])  # apply config/*.py files, then --key=value overrides
+config_keys, given = configure(globals(), sys.argv[1:])  # apply config/*.py files, then --key=value overrides
 RUN_KEYS = ('out_dir', 'init_from', 'eval_only', 'overwrite', 'device', 'dtype', 'compile', 'flex', 'peak_flops')
 
 
-def fail(msg):
-    sys.exit(f"error: {msg}")
+
+
+def lock(folder):
+    """One training run per out_dir: a second one, started while the first runs, would write over its checkpoint.
+    The lock file holds the owner's host and pid; one whose process is gone (a killed run) is taken over."""
+    path, me = os.path.join(folder, 'train.lock'), f"{os.uname().nodename} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, me.encode())
+            os.close(fd)
+            atexit.register(lambda: open(path).read() == me and os.remove(path))
+            return
+        except FileExistsError:
+            host, _, pid = open(path).read().partition(' ')
+            if host != os.uname().nodename or alive(pid):
+                fail(f"{folder} is being trained by another run (process {pid} on {host}): wait for it, or pick another "
+                     f"--out_dir (if that run is gone, delete {path})")
+            print(f"taking over {path}, left by a run that is no longer running (process {pid})")
+            os.remove(path)
+    fail(f"cannot take the lock {path}: another run keeps taking it; pick another --out_dir")
+
+
+def alive(pid):
+    """Whether process pid (another one than this) is alive here; where /proc exists, whether it is a train.py."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = f'/proc/{pid}/cmdline'
+    return not os.path.exists(cmdline) or 'train.py' in open(cmdline).read()
 
 
 # resume: the checkpoint's config is the default, this command line's config files and --key=value win
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 checkpoint = None
 if init_from == 'resume':
-    checkpoint = load_checkpoint(ckpt_path)
-    saved = {'bos': False, **checkpoint['config']}  # checkpoints from before `bos` trained without it
+    checkpoint = guard(load_checkpoint, ckpt_path)
+    saved = {'bos': False, 'clean_first': False, **checkpoint['config']}  # checkpoints from before these trained without them
     globals().update({k: v for k, v in saved.items() if k in config_keys and k not in RUN_KEYS})
+    globals().update({k: v for k, v in checkpoint['model_args'].items() if k != 'dropout'})  # a fine-tune's shape is its source's
     configure(globals(), sys.argv[1:], quiet=True)
 config = {k: globals()[k] for k in config_keys}  # logged and saved in the checkpoint
 
@@ -105,7 +146,8 @@ def check(ok, msg):
     if not ok:
         fail(msg)
 
-for k in ('batch_size', 'total_batch_size', 'seq_len', 'n_layer', 'n_head', 'n_embd', 'eval_interval', 'log_interval', 'eval_iters'):
+for k in ('batch_size', 'total_batch_size', 'seq_len', 'n_layer', 'n_head', 'n_embd', 'eval_interval', 'log_interval', 'eval_iters',
+          'search_interval', 'search_seqs'):
     check(globals()[k] > 0, f"--{k}={globals()[k]} must be a positive integer")
 for k in ('max_iters', 'warmup_iters', 'grad_clip', 'weight_decay', 'peak_flops'):
     check(globals()[k] >= 0, f"--{k}={globals()[k]} must not be negative")
@@ -127,6 +169,8 @@ if not causal:
     for bs in list(block_mix) + list(eval_block_sizes):
         check(isinstance(bs, int) and 0 < bs <= seq_len and seq_len % bs == 0,
               f"block size {bs} does not divide seq_len={seq_len}: use a divisor of {seq_len} in block_mix/eval_block_sizes")
+    check(not noise_search or search_interval % eval_interval == 0, f"--search_interval={search_interval} must be a "
+          f"multiple of --eval_interval={eval_interval}: the searched intervals are saved with the evaluation's checkpoint")
     check(isinstance(noise_clip, dict), f"--noise_clip={noise_clip!r} must map block sizes to (eps_min, eps_max)")
     for bs, iv in noise_clip.items():
         check(isinstance(iv, (tuple, list)) and len(iv) == 2 and 0 < iv[0] <= iv[1] <= 1,
@@ -151,6 +195,8 @@ tokens_per_micro = batch_size * seq_len * world
 check(total_batch_size % tokens_per_micro == 0,
       f"total_batch_size={total_batch_size} is not a multiple of batch_size*seq_len*world_size={tokens_per_micro}")
 grad_accum = total_batch_size // tokens_per_micro
+check(not noise_search or search_seqs >= batch_size * world, f"--search_seqs={search_seqs} gives some of the {world} "
+      f"processes no batch of {batch_size}: use at least {batch_size * world}")
 
 # the data: present, prepared with the expected tokenizer, longer than a sequence
 data_dir = os.path.join('data', dataset)
@@ -160,11 +206,17 @@ if dataset == 'openwebtext':
 for split in ('train', 'val'):
     check(os.path.exists(os.path.join(data_dir, f'{split}.bin')), f"{data_dir}/{split}.bin not found: run {hint}")
 meta_path = os.path.join(data_dir, 'meta.json')
-meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eot': 50256}
+try:
+    meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eot': 50256}
+    check(isinstance(meta, dict) and {'tokenizer', 'vocab_size', 'eot'} <= set(meta), f"{meta_path} lacks its tokenizer fields")
+except (ValueError, UnicodeDecodeError):
+    fail(f"{meta_path} is not valid JSON: prepare the data again with {hint}")
 check(meta['tokenizer'] == (tokenizer or meta['tokenizer']), f"{data_dir} holds {meta['tokenizer']} tokens but this config expects "
       f"{tokenizer}: prepare it with {hint}, or pass --tokenizer={meta['tokenizer']}")
 for split in ('train', 'val'):
-    n = os.path.getsize(os.path.join(data_dir, f'{split}.bin')) // 2
+    size = os.path.getsize(os.path.join(data_dir, f'{split}.bin'))
+    check(size % 2 == 0, f"{data_dir}/{split}.bin has an odd number of bytes, so it is not uint16 tokens: prepare it again with {hint}")
+    n = size // 2
     check(n > seq_len, f"{data_dir}/{split}.bin has {n} tokens, fewer than one sequence of seq_len={seq_len}: "
           f"use more text or a smaller --seq_len")
 if vocab_size is None:
@@ -176,13 +228,15 @@ if init_from.startswith('run:'):
     src_path = init_from[4:] if init_from.endswith('.pt') else os.path.join(init_from[4:], 'ckpt.pt')
     check(os.path.abspath(src_path) != os.path.abspath(ckpt_path),
           f"--init_from={init_from} is this run's own out_dir: fine-tune into a new --out_dir (or --init_from=resume)")
-    source = load_checkpoint(src_path)  # the run a fine-tune starts from
+    source = guard(load_checkpoint, src_path)  # the run a fine-tune starts from
 if not eval_only:
     check(not os.path.exists(out_dir) or os.path.isdir(out_dir), f"--out_dir={out_dir} is a file: pick a folder name")
     check(init_from == 'resume' or overwrite or not os.path.exists(ckpt_path),
           f"{ckpt_path} already holds a trained model: continue it with --init_from=resume, pick a new --out_dir, "
           f"or pass --overwrite=True to replace it")
     if master_process:
+        if not os.path.exists(out_dir):  # made here: removed again at exit if nothing was saved into it (a refused run)
+            atexit.register(lambda: os.path.isdir(out_dir) and not os.listdir(out_dir) and os.rmdir(out_dir))
         try:
             os.makedirs(out_dir, exist_ok=True)
             probe = os.path.join(out_dir, f'.write_test_{os.getpid()}')
@@ -190,12 +244,13 @@ if not eval_only:
             os.remove(probe)
         except OSError as e:
             fail(f"cannot write to --out_dir={out_dir} ({e.strerror}): pick a folder you can write to")
+        lock(out_dir)
 
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
-device_type = 'cuda' if 'cuda' in device else 'cpu'
+device_type = device.split(':')[0]
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-ctx = contextlib.nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+ctx = contextlib.nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
 
 # the poor man's data loader; recreate the memmap every batch to avoid a memory leak (nanoGPT)
 def get_batch(split, gen, n):
@@ -214,7 +269,7 @@ def micro_batch(it, gidx):
         return x0, None, None, seq_len
     sizes = list(block_mix)
     bs = sizes[torch.multinomial(torch.tensor([block_mix[b] for b in sizes], dtype=torch.float), 1, generator=gen).item()]
-    x_t, t = add_noise(x0, bs, vocab_size - 1, *intervals.get(bs, (1e-3, 1.0)), resample, generator=gen, keep_first=bos)
+    x_t, t = add_noise(x0, bs, vocab_size - 1, *intervals.get(bs, (1e-3, 1.0)), resample, generator=gen, keep_first=bos or clean_first)
     return x0, x_t, t, bs
 
 def to_device(*xs):
@@ -226,28 +281,48 @@ def to_device(*xs):
 model_args = dict(seq_len=seq_len, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout)
 intervals = dict(noise_clip)  # the noise interval of each block size; the search (noise_search) updates it
 iter_num, best_val_loss, saved_iter = 0, 1e9, None
+
+
+def same_shape(args, what):
+    """A model keeps its shape: an override of it on this command line that disagrees is a mistake."""
+    for k in ('vocab_size', 'n_layer', 'n_head', 'n_embd'):
+        check(k not in given or args[k] == globals()[k], f"{what} has {k}={args[k]} but this command line asks for "
+              f"{k}={globals()[k]}: drop --{k} (a model keeps its shape), or train a new one in a new --out_dir")
+
+
 if init_from == 'resume':
-    iter_num, best_val_loss, saved_iter = checkpoint['iter_num'], checkpoint['best_val_loss'], checkpoint['iter_num']
-    intervals = checkpoint.get('intervals', intervals)
+    check('optimizer' in checkpoint or eval_only, f"{ckpt_path} holds no optimizer state, so it cannot be resumed exactly: "
+          f"fine-tune from it with --init_from=run:{out_dir} in a new --out_dir, or evaluate it with --eval_only=True")
+    iter_num, best_val_loss, saved_iter = checkpoint['iter_num'], checkpoint.get('best_val_loss', 1e9), checkpoint['iter_num']
+    same_shape(checkpoint['model_args'], ckpt_path)
+    check(checkpoint['model_args']['seq_len'] == seq_len, f"{ckpt_path} trained at seq_len={checkpoint['model_args']['seq_len']}: "
+          f"drop --seq_len to resume it, or fine-tune it at another length with --init_from=run:{out_dir} in a new --out_dir")
+    check(checkpoint['config'].get('causal', False) == causal, f"{ckpt_path} was trained with causal={checkpoint['config'].get('causal')}")
+    check(checkpoint.get('meta', meta) == meta, f"{ckpt_path} was trained on other tokens than {data_dir} (another tokenizer or "
+          f"character set): resume on the data it was trained on, or prepare this text into a new dataset and fine-tune")
+    intervals = dict(checkpoint.get('intervals', intervals))  # what its noise search found, if it ran
+    old = checkpoint['config'].get('noise_clip', {})
+    for b in set(old) | set(noise_clip):  # a noise_clip changed on this command line wins over the checkpoint's
+        if tuple(old.get(b, ())) != tuple(noise_clip.get(b, ())):
+            intervals.pop(b, None)
+            intervals.update({b: tuple(noise_clip[b])} if b in noise_clip else {})
+            print(f"noise_clip for B={b}: {noise_clip.get(b, 'unclipped')} (the checkpoint had {old.get(b, 'unclipped')})")
 elif init_from.startswith('run:'):
     check(source['config'].get('causal', False) == causal, f"{src_path} was trained with causal={source['config'].get('causal')}")
     check(source.get('meta', meta) == meta, f"{src_path} was trained on other tokens than {data_dir}: fine-tune on data "
           f"prepared with the same tokenizer and vocabulary")
-    model_args = {**source['model_args'], 'dropout': dropout}  # the source's shape wins over the config's
-    carried = {b: iv for b, iv in source.get('intervals', {}).items() if b in block_mix and source['config'].get('noise_search')}
-    intervals.update(carried)  # intervals the source's search found, for the block sizes trained here
-if checkpoint is not None:
-    for k, v in model_args.items():
-        check(k == 'dropout' or checkpoint['model_args'][k] == v, f"{ckpt_path} has {k}={checkpoint['model_args'][k]} "
-              f"but this run asks for {k}={v}: drop that override, or use a new --out_dir")
-    check(checkpoint['config'].get('causal', False) == causal, f"{ckpt_path} was trained with causal={checkpoint['config'].get('causal')}")
+    same_shape(source['model_args'], src_path)
+    # the source's shape, at this run's length and dropout (rotary positions are not weights); intervals start
+    # from this config's noise_clip, as BD3-LM resets its clipped schedule for a fine-tune
+    model_args = {**source['model_args'], 'dropout': dropout, 'seq_len': seq_len}
 torch.manual_seed(seed)  # the initial weights (dropout reseeds itself every step, below)
 if init_from.startswith('bd3lm:'):  # fine-tune a public BD3-LM checkpoint (its shape wins over the config's)
-    model, found = load_bd3lm(init_from.split(':', 1)[1], seq_len, dropout)
+    model, found = guard(load_bd3lm, init_from.split(':', 1)[1], seq_len, dropout)
     model_args = {k: getattr(model.config, k) for k in model_args}
-    intervals.update({b: iv for b, iv in found.items() if b in block_mix})  # only for the block size it was found for
-    if master_process:
-        print(f"loaded {init_from}: {model_args}, searched noise interval {found or 'none'}")
+    same_shape(model_args, init_from)
+    if master_process:  # BD3-LM resets the clipped schedule for a fine-tune; its search finds it again
+        print(f"loaded {init_from}: {model_args}; its searched noise interval {found or 'none'} is not carried over, "
+              f"the intervals start from noise_clip={noise_clip}")
 else:
     model = DiD(DiDConfig(**model_args))
 check(model_args['vocab_size'] >= meta['vocab_size'] + 1, f"the model has {model_args['vocab_size']} ids but "
@@ -265,14 +340,16 @@ if master_process:
     print(f"tokens per iteration: {total_batch_size:,} ({world} processes x {grad_accum} micro-steps x {batch_size} x {seq_len})")
     print(f"model: {model.get_num_params() / 1e6:.2f}M parameters, vocab {model_args['vocab_size']} (MASK = {model_args['vocab_size'] - 1})")
     if source is not None:
-        print(f"fine-tuning {src_path} (iteration {source['iter_num']}): its weights and EMA, a fresh optimizer"
-              + (f", its searched noise intervals {carried}" if carried else ""))
+        print(f"fine-tuning {src_path} (iteration {source['iter_num']}): its weights and EMA, a fresh optimizer, "
+              f"noise intervals from noise_clip")
 
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16' and device_type == 'cuda'))
 optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(beta1, beta2), eps=1e-8,
                               weight_decay=weight_decay, fused=(device_type == 'cuda'))
-if checkpoint is not None:
+if checkpoint is not None and 'optimizer' in checkpoint:
     optimizer.load_state_dict(checkpoint['optimizer'])
+    if 'scaler' in checkpoint:
+        scaler.load_state_dict(checkpoint['scaler'])  # fp16: the loss scale goes on where it was
 checkpoint = source = None  # free memory
 
 raw_model = model
@@ -292,29 +369,39 @@ def evaluate():
     for split in ('train', 'val'):
         batches = val_batches(split)
         for bs in ([0] if causal else eval_block_sizes):
-            out[f'{split}/nelbo_B{bs}'] = nelbo(ema_model, batches, bs, ctx=ctx, bos=bos)
+            out[f'{split}/nelbo_B{bs}'] = nelbo(ema_model, batches, bs, ctx=ctx, bos=bos or clean_first)
     return out
 
 @torch.no_grad()
 def search_noise():
-    """BD3-LM's var_min search for every small block size, on the validation batches (EMA weights). The global
-    block keeps [1e-3, 1]: the refine stage asks it to denoise any masked fraction gamma, and a clipped interval
-    (chosen for low variance, not for that) would leave some of them untrained."""
-    batches = val_batches('val')
+    """BD3-LM's var_min search for every small block size, on search_seqs validation sequences (EMA weights), run
+    by every process: process r scores batches r, r + world, ... and all-gathers the per-block losses, so every
+    process sees the same losses in the same order and picks the same interval (for any number of processes).
+    The global block keeps [1e-3, 1]: the refine stage asks it to denoise any masked fraction gamma, and a clipped
+    interval (chosen for low variance, not for that) would leave some of them untrained."""
+    n = max(1, search_seqs // batch_size)
+    mine = [(i, get_batch('val', torch.Generator().manual_seed(4321 + i), batch_size).to(device)) for i in range(ddp_rank, n, world)]
     for bs in [b for b in block_mix if b < seq_len]:
         def block_losses(iv):
             out = []
-            for i, x0 in enumerate(batches):
+            for i, x0 in mine:
                 g = torch.Generator(device=x0.device).manual_seed(7 + i)
-                x_t, t = add_noise(x0, bs, vocab_size - 1, *iv, resample, generator=g, keep_first=bos)
+                x_t, t = add_noise(x0, bs, vocab_size - 1, *iv, resample, generator=g, keep_first=bos or clean_first)
                 with ctx:
                     nll = diffusion_loss(ema_model, x0, x_t, t, bs, per_token=True)  # (B, L)
-                out.append(nll.view(len(x0), -1, bs).mean(-1))
-            return out
+                out.append(nll.view(len(x0), -1, bs).mean(-1).float())  # (B, L / bs)
+            if not ddp:
+                return out
+            k = -(-n // world)  # batches per process, the last ones padded
+            local = torch.stack(out + [torch.zeros_like(out[0])] * (k - len(out)))  # (k, B, L / bs)
+            every = [torch.empty_like(local) for _ in range(world)]
+            torch.distributed.all_gather(every, local)
+            return [every[i % world][i // world] for i in range(n)]  # batch i came from process i % world
         cands = [iv for iv in search_intervals() if iv == (1e-3, 1.0) or any(iv[0] <= j / bs <= iv[1] for j in range(bs + 1))]
         intervals[bs], scores = clipped_schedule_search(block_losses, cands)
-        print(f"noise search B={bs}: interval {intervals[bs]} (loss variance {scores[intervals[bs]]:.4g}, "
-              f"unclipped {scores[(1e-3, 1.0)]:.4g})")
+        if master_process:
+            print(f"noise search B={bs} on {n * batch_size} sequences: interval {intervals[bs]} (loss variance "
+                  f"{scores[intervals[bs]]:.4g}, unclipped {scores[(1e-3, 1.0)]:.4g})")
 
 def get_lr(it):  # linear warmup, then constant (BD3-LM) or a cosine down to a tenth (decay_lr, nanoGPT)
     if it < warmup_iters or not decay_lr:
@@ -329,26 +416,32 @@ def save_checkpoint():
     global saved_iter
     ckpt = {'model': raw_model.state_dict(), 'ema': ema_model.state_dict(), 'optimizer': optimizer.state_dict(),
             'model_args': model_args, 'config': config, 'iter_num': iter_num, 'best_val_loss': best_val_loss,
-            'intervals': intervals, 'meta': meta}  # the tokenizer, so sample.py needs no data folder
+            'intervals': intervals, 'meta': meta, 'scaler': scaler.state_dict()}  # meta: the tokenizer, so sample.py needs no data folder
     tmp = ckpt_path + '.tmp'
-    torch.save(ckpt, tmp)
-    os.replace(tmp, ckpt_path)  # atomic: an interrupted save never leaves a broken ckpt.pt
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, ckpt_path)  # atomic: an interrupted save never leaves a broken ckpt.pt
+    except BaseException as e:  # a full disk (torch.save raises RuntimeError around the OSError), a second Ctrl-C
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if not isinstance(e, (OSError, RuntimeError)):
+            raise
+        fail(f"could not save iteration {iter_num} to {ckpt_path} ({str(e).splitlines()[0][:120]}); nothing partial is "
+             f"left: {kept()}. Free disk space and resume")
     saved_iter = iter_num
 
 def kept():
     return f"{ckpt_path} holds iteration {saved_iter}" if saved_iter is not None else "no checkpoint was written"
 
-PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L40S': 362e12, 'A10G': 125e12, '4090': 165e12}  # bf16 dense
-peak = peak_flops or next((v for k, v in PEAK_FLOPS.items() if device_type == 'cuda' and k in torch.cuda.get_device_name()), None)
-attn_frac = {bs: live_fraction(flex_block_mask(seq_len, bs, device)) if raw_model.flex and bs < seq_len else 1.0
-             for bs in ([] if causal else block_mix)}
-attn_frac[0] = 0.5 if device_type == 'cuda' else 1.0  # a causal kernel on CUDA skips the upper triangle
+peak = peak_flops or peak_flops_of(device)
+attn_frac = {bs: raw_model.attention_fraction(bs) for bs in ([0] if causal else block_mix)}
 
 if eval_only:
     if master_process:
         for k, v in evaluate().items():
             print(f"{k}: {v:.4f} nats/token, perplexity <= {math.exp(v):.2f}")
     if ddp:
+        torch.distributed.barrier()  # the others wait for rank 0: a process group torn down early aborts its peers
         destroy_process_group()
     sys.exit(0)
 
@@ -373,30 +466,39 @@ if master_process and start_iter:
     print(f"resuming from iteration {start_iter} of {ckpt_path}")
 t0 = t_start = time.time()
 running = {'tokens': 0, 'flops': 0.0, 'dt': 0.0}
+stopping = False
 try:
     while True:
-        # evaluate and checkpoint (not at the iteration we just resumed from: it was saved already)
-        if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num > start_iter and master_process:
-            losses = evaluate()
-            print(f"step {iter_num}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
-            if not all(map(math.isfinite, losses.values())) or not finite_weights():
-                fail(f"the weights diverged by iteration {iter_num} (non-finite NELBO or weights); nothing saved: "
-                     f"{kept()}. Try a lower --learning_rate or --dtype=float32")
-            best_val_loss = min(best_val_loss, losses[f'val/nelbo_B{0 if causal else eval_block_sizes[0]}'])
-            if noise_search and not causal:
-                search_noise()
-            if wandb_log:
-                wandb.log({'iter': iter_num, **losses})
-            save_checkpoint()
-            print(f"saved checkpoint to {ckpt_path}")
+        # evaluate, search and checkpoint (not at the iteration we resumed from: its evaluation ran before it was saved)
+        if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num > start_iter:
+            if master_process:
+                losses = evaluate()
+                print(f"step {iter_num}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+                if not all(map(math.isfinite, losses.values())) or not finite_weights():
+                    fail(f"the weights diverged by iteration {iter_num} (non-finite NELBO or weights); nothing saved: "
+                         f"{kept()}. Try a lower --learning_rate or --dtype=float32")
+                best_val_loss = min(best_val_loss, losses[f'val/nelbo_B{0 if causal else eval_block_sizes[0]}'])
+                if wandb_log:
+                    wandb.log({'iter': iter_num, **losses})
+            if noise_search and not causal and iter_num % search_interval == 0:
+                search_noise()  # every process, the same result
+            if master_process:
+                save_checkpoint()
+                print(f"saved checkpoint to {ckpt_path}")
         if iter_num >= max_iters:
             break
+        if stopping:  # after this iteration's evaluation: a resume continues exactly as an uninterrupted run
+            if master_process and saved_iter != iter_num and finite_weights():
+                save_checkpoint()
+            if ddp:
+                torch.distributed.barrier()  # the others wait for the save: torchrun would end it when they exit
+            fail(f"interrupted: {kept()}; continue with `python train.py --out_dir={out_dir} --init_from=resume`")
 
         lr = get_lr(iter_num)
         for group in optimizer.param_groups:
             group['lr'] = lr
         loss_sum, flops = torch.zeros((), device=device), 0.0
-        torch.manual_seed((seed * 1_000_003 + iter_num) * 4099 + ddp_rank)  # dropout RNG, a function of the step: resume is exact
+        torch.manual_seed(2**62 + (seed * 1_000_003 + iter_num) * 4099 + ddp_rank)  # dropout RNG: a function of the step (resume is exact), apart from the data's
         for micro_step in range(grad_accum):
             x0, x_t, t, bs = micro_batch(iter_num, micro_step * world + ddp_rank)
             head_tokens = batch_size * seq_len if causal else (x_t == vocab_size - 1).sum().item()  # on the CPU: no sync
@@ -440,12 +542,9 @@ try:
             if wandb_log:
                 wandb.log({'iter': iter_num, 'train/loss': lossf, 'grad_norm': norm.item(), 'lr': lr, 'tok_per_s': tps})
             running = {'tokens': 0, 'flops': 0.0, 'dt': 0.0}
-        if stopping:
-            if master_process and saved_iter != iter_num and finite_weights():
-                save_checkpoint()
-            fail(f"interrupted: {kept()}; continue with `python train.py --out_dir={out_dir} --init_from=resume`")
 except KeyboardInterrupt:
     fail(f"interrupted twice: stopped without saving; {kept()}")
 
 if ddp:
+    torch.distributed.barrier()  # the others wait for rank 0's last save: a process group torn down early aborts its peers
     destroy_process_group()

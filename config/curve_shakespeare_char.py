@@ -1,4 +1,4 @@
-# The learning curve of issue 8's side-by-side with the official BD3-LM code, at its settings: Tiny Shakespeare
+# The learning curve of the side-by-side with the official BD3-LM code (docs/learning.md), at its settings: Tiny Shakespeare
 # as characters, 4 layers x 128 wide, 4 heads, L=256, batch 8, AdamW 2e-3 with 50 warmup steps, EMA 0.995,
 # block 4 only, t in [0.5, 1] with resampling, 600 steps; validation NELBO at B=4 every 100 steps on 64 batches.
 # About 5 minutes on a 2-core CPU:

@@ -1,0 +1,104 @@
+"""
+The scripts' command line. The poor man's configurator (nanoGPT's): a script keeps its settings as globals in one
+config block, and
+
+$ python train.py config/train_shakespeare_char.py --batch_size=32 --learning_rate=1e-3
+
+runs the config files (plain Python) over them, then applies the --key=value overrides, in that order
+whatever the order on the command line. Every value is type-checked against the default it replaces, and a
+key that is not in the config block (a typo) is an error with a suggestion, not silently a new variable.
+Then the checks every script shares, and its one way to stop on a bad input: one line, `error: ...`, exit 1
+(library code raises ValueError; guard() turns it into that line).
+"""
+
+import ast
+import difflib
+import os
+import re
+import sys
+
+import torch
+
+ALIASES = {'block_size': 'seq_len', 'n_ctx': 'seq_len', 'context_length': 'seq_len', 'lr': 'learning_rate',
+           'iters': 'max_iters', 'num_iters': 'max_iters', 'gamma': 'stages', 'steps_per_block': 'steps'}
+SIMPLE = (int, float, bool, str, dict, list, tuple, type(None))
+
+
+def unknown(key, keys, where, dashes=''):
+    near = ALIASES.get(key) if ALIASES.get(key) in keys else next(iter(difflib.get_close_matches(key, keys, 1)), None)
+    hint = f"; did you mean {dashes}{near}?" if near else ""
+    return SystemExit(f"error: unknown config key {dashes}{key} {where}{hint} (the keys are in the config block at the "
+                      f"top of the script)")
+
+
+def typecheck(key, val, old, where):
+    bad_bool = isinstance(val, bool) != isinstance(old, bool)  # True is an int to Python, not to us
+    if old is not None and (bad_bool or not isinstance(val, type(old)) and not (isinstance(val, int) and isinstance(old, float))):
+        raise SystemExit(f"error: {where} sets {key}={val!r}, which should be a {type(old).__name__}, like the default {old!r}")
+
+
+def configure(cfg, argv, quiet=False):
+    """Apply argv's config files, then its --key=value overrides, to the script's config block cfg (its globals).
+    Returns the config keys and the set of keys that argv set (so a resumed run knows what was asked for)."""
+    keys = [k for k, v in cfg.items() if not k.startswith('_') and isinstance(v, SIMPLE)]
+    given = set()
+    for arg in [a for a in argv if not a.startswith('--')]:
+        if not os.path.isfile(arg):
+            raise SystemExit(f"error: config file {arg} not found (config files are in config/; overrides are written --key=value)")
+        if not quiet:
+            print(f"overriding config with {arg}")
+        ns = {}  # what the file assigns: its own namespace, read over the script's
+        try:
+            exec(open(arg).read(), cfg, ns)
+        except Exception as e:
+            raise SystemExit(f"error: config file {arg} failed: {type(e).__name__}: {e}")
+        for k, v in ns.items():
+            if k not in keys and not k.startswith('_') and isinstance(v, SIMPLE):
+                raise unknown(k, keys, f"in {arg}")
+            if k in keys:
+                typecheck(k, v, cfg[k], f"config file {arg}")
+                cfg[k] = v
+                given.add(k)
+    for arg in [a for a in argv if a.startswith('--')]:
+        key, eq, val = arg[2:].partition('=')
+        if not eq and isinstance(cfg.get(key), bool):
+            val = 'True'  # a bare --flag switches a boolean on
+        if key not in keys:
+            raise unknown(key, keys, "on the command line", '--')
+        try:
+            val = val if isinstance(cfg[key], str) else ast.literal_eval(val)  # a text setting takes the text as it is
+        except (ValueError, SyntaxError):
+            pass  # a plain string
+        typecheck(f"--{key}", val, cfg[key], "the command line")
+        cfg[key] = val
+        given.add(key)
+    return keys, given
+
+
+def check_device(device, dtype):
+    """One line, and the fix, for a device or dtype this machine cannot run (train.py, sample.py, bench.py)."""
+    if not re.fullmatch(r'cpu|mps|cuda(:\d+)?', device):
+        raise SystemExit(f"error: --device={device!r}: use cpu, cuda, cuda:N or mps")
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device={device} but this PyTorch sees no CUDA GPU: use --device=cpu, or install "
+                         f"a CUDA build of torch")
+    if device.startswith('cuda:') and int(device[5:]) >= torch.cuda.device_count():
+        raise SystemExit(f"error: --device={device} but there are {torch.cuda.device_count()} GPUs")
+    if device == 'mps' and not torch.backends.mps.is_available():
+        raise SystemExit("error: --device=mps but MPS is not available here: use --device=cpu")
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        raise SystemExit(f"error: --dtype={dtype!r}: use float32, bfloat16 or float16")
+    if dtype == 'float16' and not device.startswith('cuda'):
+        raise SystemExit(f"error: --dtype=float16 needs CUDA (its gradient scaler): use bfloat16 or float32 on {device}")
+
+
+def fail(msg):
+    sys.exit(f"error: {msg}")
+
+
+def guard(fn, *args):
+    """fn(*args), its ValueError (a bad file, a missing package, no network) told in one line."""
+    try:
+        return fn(*args)
+    except ValueError as e:
+        fail(e)

@@ -1,0 +1,164 @@
+"""
+Scoring samples: generative perplexity under a causal judge (the BD3-LM protocol), unigram entropy, the
+real-word rate, and Gen PPL at a matched entropy (the fair way to compare samplers: Gen PPL rewards low entropy).
+Used by sample.py --eval and ablate.py; nothing here is needed to train or sample.
+"""
+
+import math
+import os
+import re
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from did import DiD, DiDConfig
+from load import Tokenizer, load_checkpoint
+
+# -----------------------------------------------------------------------------
+# generative perplexity and entropy
+
+@torch.no_grad()
+def sample_nll(logits_fn, ids, eos, ctx_len, stride=None):
+    """Summed NLL and count of one sample's scored tokens under a causal judge: logits_fn(ids (T,)) -> (T, V).
+    The first token is context only, never scored; targets equal to eos are excluded (BD3-LM). A sample longer
+    than the judge's context is scored with a sliding window of ctx_len and stride ctx_len // 2: the first
+    window scores all its tokens, each later one only the tokens no earlier window scored."""
+    stride = stride or ctx_len // 2
+    T = len(ids)
+    nll, count, scored_to = 0.0, 0, 1
+    for begin in range(0, T, stride):
+        end = min(begin + ctx_len, T)
+        logp = F.log_softmax(logits_fn(ids[begin:end]).double(), dim=-1)  # (end - begin, V)
+        tgt = ids[scored_to:end].to(logp.device)
+        lp = logp[scored_to - 1 - begin:end - 1 - begin].gather(-1, tgt[:, None]).squeeze(-1)
+        keep = tgt != eos
+        nll, count = nll - lp[keep].sum().item(), count + int(keep.sum())
+        scored_to = end
+        if end == T:
+            break
+    return nll, count
+
+
+def gen_ppl(logits_fn, samples, eos, ctx_len):
+    """Generative perplexity of samples (lists of judge token ids): the mean of the per-sample perplexities
+    (what the BD3-LM and DiD tables report), their standard deviation, and the token-weighted perplexity.
+    A sample with no scored token (every target EOS) has no perplexity (0/0) and is left out, as BD3-LM's
+    NaN-skipping mean leaves it out; the list of per-sample values keeps it as NaN."""
+    per = [sample_nll(logits_fn, torch.as_tensor(s), eos, ctx_len) for s in samples]
+    ppls = torch.tensor([math.exp(n / c) if c else float('nan') for n, c in per], dtype=torch.float64)
+    ok = ppls[~ppls.isnan()]
+    weighted = math.exp(sum(n for n, _ in per) / max(sum(c for _, c in per), 1))
+    return (ok.mean().item() if len(ok) else float('nan'), ok.std().item() if len(ok) > 1 else 0.0, weighted,
+            ppls.tolist())
+
+
+def unigram_entropy(ids):
+    """Entropy (nats) of the token frequencies within one sample; real OWT text is about 5.6, repetition lower."""
+    _, counts = torch.unique(torch.as_tensor(ids), return_counts=True)
+    p = counts.double() / counts.sum()
+    return -(p * p.log()).sum().item()
+
+
+def words(text):
+    """The words of a text for the real-word rate: lowercased runs of letters (a sample's <|endoftext|> is not one)."""
+    return re.findall(r'[a-z]+', text.replace('<|endoftext|>', ' ').lower())
+
+
+def real_word_rate(text, vocab):
+    """Share of text's words that occur in vocab (a set of words, e.g. words(training text)); NaN if none.
+    Real Tiny Shakespeare scores about 0.98 against its own training split; character soup far less."""
+    w = words(text)
+    return sum(x in vocab for x in w) / len(w) if w else float('nan')
+
+
+def clean_up_tokenization(text):
+    """The whitespace clean-up of Hugging Face's batch_decode (transformers <= 4.44 applied it by default,
+    clean_up_tokenization_spaces=True; BD3-LM's paper code pinned 4.38.2): our GPT-2 samples are decoded
+    with tiktoken, which does not do it, so the gpt2-large protocol applies it before re-encoding."""
+    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+                 (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(a, b)
+    return text
+
+
+class Judge:
+    """A causal LM that scores samples: our own AR checkpoint (train.py --causal=True), or a Hugging Face causal
+    LM: 'gpt2-large' (the paper's judge) or a local folder holding one (through the optional transformers
+    package). Both re-encode the decoded text; score() follows BD3-LM's Gen PPL protocol."""
+
+    def __init__(self, name, device='cpu'):
+        self.device, self.name = device, name
+        self.hf = name.startswith('gpt2') or os.path.isfile(os.path.join(name, 'config.json'))
+        if self.hf:
+            try:
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+            except ImportError:
+                raise ValueError(f"--judge={name} needs transformers: pip install transformers "
+                                 f"(or pass --judge=path/to/ar_ckpt.pt, an AR model trained with --causal=True)")
+            try:
+                self.tok = AutoTokenizer.from_pretrained(name)
+                self.model = AutoModelForCausalLM.from_pretrained(name).to(device).eval()
+            except OSError as e:
+                raise ValueError(f"cannot load the judge {name} ({str(e).splitlines()[0][:150]}): it needs a "
+                                 f"network the first time, or pass a local folder or --judge=path/to/ar_ckpt.pt")
+            self.eos, self.ctx_len, self.meta = self.tok.eos_token_id, self.model.config.n_positions, None
+            self.encode = lambda text: self.tok(text, add_special_tokens=False)['input_ids']
+            self.logits = lambda ids: self.model(ids[None].to(device)).logits[0]
+        else:
+            ckpt = load_checkpoint(name, device)
+            if not ckpt['config'].get('causal'):
+                raise ValueError(f"judge {name} is not a causal model: train one with train.py --causal=True")
+            self.model = DiD(DiDConfig(**ckpt['model_args']))
+            self.model.load_state_dict(ckpt['ema'])
+            self.model.to(device).eval()
+            tok, self.meta = Tokenizer(ckpt['meta']), ckpt['meta']
+            self.eos, self.ctx_len, self.encode = tok.eot, self.model.config.seq_len, tok.encode
+            self.logits = lambda ids: self.model.logits(self.model.hidden(
+                ids[None].to(device), torch.arange(len(ids), device=device), is_causal=True))[0, :, :tok.vocab_size]
+
+    @torch.no_grad()
+    def score(self, texts, max_len):
+        """BD3-LM's protocol on decoded samples: clean up the whitespace as its batch_decode did (Hugging Face
+        judges), re-encode with the judge's tokenizer, truncate to max_len tokens (the sampler's L), score.
+        Returns gen_ppl's (mean, std, token-weighted, per-sample) and the unigram entropy of each sample's ids."""
+        ids = [self.encode(clean_up_tokenization(t) if self.hf else t)[:max_len] for t in texts]
+        return gen_ppl(self.logits, ids, self.eos, self.ctx_len), [unigram_entropy(s) for s in ids]
+
+
+# -----------------------------------------------------------------------------
+# Gen PPL at a matched entropy: a sampler's frontier (one point per temperature), read off at one entropy
+
+def at_entropy(curve, target, idx=None):
+    """Gen PPL of one sampler at mean unigram entropy `target`. curve: its rows in temperature order, each with
+    the per-sample 'entropies' and 'gen_ppls' of the same samples (sample i has the same seed in every row).
+    Each row is a point (mean entropy, mean Gen PPL); between the two neighbouring temperatures whose entropies
+    bracket the target, log Gen PPL is interpolated linearly in entropy. target: an entropy, or a row whose mean
+    entropy it is (then averaged over the same samples idx). idx: the samples to average over (a bootstrap draw;
+    default all). NaN when no pair of neighbours brackets the target: the sweep missed it."""
+    def mean(r, key, agg=np.mean):
+        v = np.asarray(r[key], float)
+        return agg(v if idx is None else v[idx])
+    h = mean(target, 'entropies') if isinstance(target, dict) else target
+    pts = [(mean(r, 'entropies'), math.log(mean(r, 'gen_ppls', np.nanmean))) for r in curve]
+    for (h0, g0), (h1, g1) in zip(pts, pts[1:]):
+        if min(h0, h1) <= h <= max(h0, h1) and h0 != h1:
+            return math.exp(g0 + (h - h0) / (h1 - h0) * (g1 - g0))
+    return float('nan')
+
+
+def matched_entropy(curves, target, n_boot=1000, seed=0):
+    """at_entropy for every sampler in curves {name: rows}, with a bootstrap over samples: each draw resamples the
+    sample indices once, the same for every curve (they share sample seeds) and for a target row, so the draws of
+    two curves give paired differences. Returns {name: estimate} and {name: draws (n_boot,)}; s.e. = boot_se(draws)."""
+    n = len(next(iter(curves.values()))[0]['entropies'])
+    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    est = {k: at_entropy(c, target) for k, c in curves.items()}
+    draws = {k: np.array([at_entropy(c, target, i) for i in idx]) for k, c in curves.items()}
+    return est, draws
+
+
+def boot_se(draws):
+    """Standard error from bootstrap draws; NaN when more than a tenth of them missed the target."""
+    ok = draws[~np.isnan(draws)]
+    return float(ok.std(ddof=1)) if len(ok) > 0.9 * len(draws) and len(ok) > 1 else float('nan')
