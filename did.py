@@ -562,10 +562,11 @@ def denoise(model, x, conf, stage, gens, draw, use_cache=True, hook=None):
     return stats
 
 
-def fill(model, x, conf, blk, stage, gens, draw, forward, stats, weight_t=None, hook=None):
+def fill(model, x, conf, blk, stage, gens, draw, forward, stats=None, weight_t=None, hook=None):
     """Reveal every MASK of x's block blk (a slice of positions), one forward() -> (hidden states of the block,
-    tokens it ran) at a time, as many tokens per forward as the stage's schedule says. Where it reads values
-    (a GPU sync): the masked count once per block, and with a threshold the count each forward revealed."""
+    tokens it ran) at a time, as many tokens per forward as the stage's schedule says; stats, if given, counts
+    the forwards per row (see denoise). Where it reads values (a GPU sync): the masked count once per block,
+    and with a threshold the count each forward revealed."""
     n = blk.stop - blk.start
     left = (x[:, blk] == model.config.mask_id).sum(1).cpu()  # (B,) masked per row (a device sync per block)
     m, s = left.clone(), 0
@@ -587,8 +588,9 @@ def fill(model, x, conf, blk, stage, gens, draw, forward, stats, weight_t=None, 
         if hook:  # the positions this forward revealed, (B, T), and the live x and conf
             hook('reveal', (torch.zeros_like(x, dtype=torch.bool).index_copy_(1, torch.arange(blk.start, blk.stop, device=x.device), reveal), x, conf))
         left -= k if stage.threshold is None else reveal.sum(1).cpu()  # the threshold decided how many: a sync
-        stats['nfe'] += k > 0
-        stats['token_forwards'] += (k > 0) * n_tok
+        if stats is not None:
+            stats['nfe'] += k > 0
+            stats['token_forwards'] += (k > 0) * n_tok
 
 
 def reveal_counts(m, left, steps, s):
@@ -842,6 +844,16 @@ def infill(model, ids, seeds, stages=None, remask='snapshot', top_p=0.9, tempera
     return diffuse(model, x, x != model.config.mask_id, seeds, stages, remask, top_p, temperature, nucleus, hook=hook)
 
 
+def check_long(stages, L, prompt_len, max_len):
+    """generate_long's own settings, one ValueError each: the draft's blocks tile the window it slides by (L/2),
+    every later stage is global, and there is room after the prompt."""
+    if max_len <= prompt_len:
+        raise ValueError(f"max_len={max_len} leaves no room after the prompt's {prompt_len} tokens: give more")
+    bs = stages[0].block_size
+    if bs == L or any(s.block_size != L for s in stages[1:]) or (L // 2) % bs:
+        raise ValueError(f"any-length sampling drafts with blocks smaller than L={L} that divide L/2 and refines with "
+                         f"block size L (e.g. stages 4:1.0,L:0.25); got block sizes {[s.block_size for s in stages]}")
+
 @torch.no_grad()
 def generate_long(model, prompt, seeds, max_len, stages=None, stop=None, remask='snapshot', top_p=0.9, temperature=1.0,
                   nucleus='standard', hook=None):
@@ -858,10 +870,8 @@ def generate_long(model, prompt, seeds, max_len, stages=None, stop=None, remask=
     L, mask_id, n_layer = model.config.seq_len, model.config.mask_id, model.config.n_layer
     stages = list(stages or [Stage(4), Stage(L, 0.25)])
     check_sampling(stages, L, len(prompt), remask, top_p, temperature, nucleus)
+    check_long(stages, L, len(prompt), max_len)
     bs, W, P = stages[0].block_size, L // 2, len(prompt)
-    if bs == L or any(s.block_size != L for s in stages[1:]) or W % bs or not 0 < P < max_len:
-        raise ValueError(f"generate_long drafts with blocks smaller than L={L} that divide L/2, refines with block "
-                         f"size L, and needs 0 < prompt < max_len; got {stages}, prompt {P}, max_len {max_len}")
     device = model.lm_head.weight.device
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     draw = partial(sample_tokens, top_p=top_p, temperature=temperature, nucleus=nucleus)
@@ -873,7 +883,6 @@ def generate_long(model, prompt, seeds, max_len, stages=None, stop=None, remask=
     rows, cache, off = list(range(len(seeds))), KVCache(n_layer, L), 0  # window position = position - off
     xa, ca, ga = x.clone(), conf.clone(), list(gens)  # the rows still drafting
     weight_t = model.lm_head.weight.t().contiguous()
-    stats = {k: torch.zeros(len(rows), dtype=torch.long) for k in ('nfe', 'cache_passes', 'token_forwards')}
     for start in range(0, n_blocks * bs, bs):
         if start - off + bs > L:  # the window is full: rebuild it from prompt[0] and the last W - 1 tokens
             off, cache = start - W, KVCache(n_layer, L)
@@ -883,7 +892,7 @@ def generate_long(model, prompt, seeds, max_len, stages=None, stop=None, remask=
             cache.advance(W)
         pos = torch.arange(start - off, start - off + bs, device=device)
         forward = lambda: (model.hidden(xa[:, start:start + bs], pos, cache=cache), bs)  # noqa: E731
-        fill(model, xa, ca, slice(start, start + bs), stages[0], ga, draw, forward, stats, weight_t)
+        fill(model, xa, ca, slice(start, start + bs), stages[0], ga, draw, forward, None, weight_t)
         model.hidden(xa[:, start:start + bs], pos, cache=cache)  # the clean block's keys and values
         cache.advance(bs)
         blk = xa[:, start:start + bs]
@@ -901,7 +910,6 @@ def generate_long(model, prompt, seeds, max_len, stages=None, stop=None, remask=
         xa, ca, rows = xa[keep], ca[keep], [r for r, k in zip(rows, keep.tolist()) if k]
         ga = [g for g, k in zip(ga, keep.tolist()) if k]
         cache.k, cache.v = cache.k[:, keep], cache.v[:, keep]
-        stats = {k: v[keep.cpu()] for k, v in stats.items()}
     for o, g in zip(out, gens):  # the refine: each window of each row on its own
         refine_windows(model, o, prompt, stages[1:], g, remask, draw, stop)
     return out

@@ -4,6 +4,7 @@ real-word rate, and Gen PPL at a matched entropy (the fair way to compare sample
 Used by sample.py --eval and ablate.py; nothing here is needed to train or sample.
 """
 
+import json
 import math
 import os
 import re
@@ -12,8 +13,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from did import DiD, DiDConfig
-from load import Tokenizer, load_checkpoint
+from load import Tokenizer, ema_model, load_checkpoint
 
 # -----------------------------------------------------------------------------
 # generative perplexity and entropy
@@ -109,9 +109,7 @@ class Judge:
             ckpt = load_checkpoint(name, device)
             if not ckpt['config'].get('causal'):
                 raise ValueError(f"judge {name} is not a causal model: train one with train.py --causal=True")
-            self.model = DiD(DiDConfig(**ckpt['model_args']))
-            self.model.load_state_dict(ckpt['ema'])
-            self.model.to(device).eval()
+            self.model = ema_model(ckpt, device)
             tok, self.meta = Tokenizer(ckpt['meta']), ckpt['meta']
             self.eos, self.ctx_len, self.encode = tok.eot, self.model.config.seq_len, tok.encode
             self.logits = lambda ids: self.model.logits(self.model.hidden(
@@ -124,6 +122,21 @@ class Judge:
         Returns gen_ppl's (mean, std, token-weighted, per-sample) and the unigram entropy of each sample's ids."""
         ids = [self.encode(clean_up_tokenization(t) if self.hf else t)[:max_len] for t in texts]
         return gen_ppl(self.logits, ids, self.eos, self.ctx_len), [unigram_entropy(s) for s in ids]
+
+
+def load_run(model_dir, judge_path, data_dir, device='cpu'):
+    """What the measurement scripts (docs/) score a run with: its EMA model, an AR judge and the data folder they
+    were trained on (ablate.py's out_dir holds all three). Returns (model, judge, meta, tokenizer, the real words);
+    ValueError, one line, unless all three share one character set."""
+    ckpt, jd = load_checkpoint(os.path.join(model_dir, 'ckpt.pt'), device), Judge(judge_path, device)
+    try:
+        meta = json.load(open(os.path.join(data_dir, 'meta.json')))
+        vocab = set(open(os.path.join(data_dir, 'train_words.txt')).read().split())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{data_dir} is not an ablate.py data folder ({type(e).__name__}): give its data/text-... folder")
+    if meta != ckpt['meta'] or jd.meta != meta:
+        raise ValueError(f"{model_dir}, {judge_path} and {data_dir} must share one character set")
+    return ema_model(ckpt, device), jd, meta, Tokenizer(meta), vocab
 
 
 # -----------------------------------------------------------------------------

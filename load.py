@@ -29,6 +29,13 @@ def load_checkpoint(path, device='cpu'):
     return ckpt
 
 
+def ema_model(ckpt, device='cpu'):
+    """The model of a train.py checkpoint with its EMA weights (what sampling and judging use, as BD3-LM), in eval mode."""
+    model = DiD(DiDConfig(**ckpt['model_args']))
+    model.load_state_dict(ckpt['ema'])
+    return model.to(device).eval()
+
+
 @torch.no_grad()
 def from_bd3lm(sd, seq_len=1024, dropout=0.0, n_head=None):
     """Build a DiD from a BD3-LM / MDLM DiT state dict (keys 'backbone.*' as in its HF model, or without prefix).

@@ -31,9 +31,9 @@ import torch
 from tqdm import tqdm
 
 from configurator import check_device, configure, fail, guard
-from did import DiD, DiDConfig, Stage, check_sampling, generate, generate_long, infill as fill_holes
+from did import Stage, check_long, check_sampling, generate, generate_long, infill as fill_holes
 from judge import Judge, real_word_rate, unigram_entropy, words
-from load import Tokenizer, load_checkpoint
+from load import Tokenizer, ema_model, load_checkpoint
 from replay import write_html
 
 # -----------------------------------------------------------------------------
@@ -158,14 +158,12 @@ except KeyError as e:
     fail(f"the {'infill text' if infill else 'prompt'} has a character {e} that is not in this model's vocabulary")
 T = len(ids) if infill else L  # the length the stages work on ("L" in --stages)
 stage_list = parse_stages(stages, T)
-if max_len and max_len <= len(prompt_ids):
-    fail(f"--max_len={max_len} leaves no room after the prompt's {len(prompt_ids)} tokens: give more")
 try:
     if infill and any(T % s.block_size for s in stage_list):
         raise ValueError(f"--infill's text is {T} tokens with its holes: every block size must divide it (L: the whole text)")
     check_sampling(stage_list, T, 1 if infill else len(prompt_ids), remask, top_p, temperature, nucleus)
-    if max_len and (stage_list[0].block_size == L or any(s.block_size != L for s in stage_list[1:]) or (L // 2) % stage_list[0].block_size):
-        raise ValueError(f"--max_len drafts with blocks smaller than L={L} that divide L/2 and refines with L: e.g. --stages=4:1.0,L:0.25")
+    if max_len:
+        check_long(stage_list, L, len(prompt_ids), max_len)
 except ValueError as e:
     fail(str(e))
 judge_path = os.path.join(judge, 'ckpt.pt') if os.path.isdir(judge) and os.path.isfile(os.path.join(judge, 'ckpt.pt')) else judge
@@ -190,9 +188,7 @@ if eval:
         fail(f"the judge {judge_path} reads other tokens ({jd.meta['tokenizer']}, {jd.meta['vocab_size']}) than {ckpt_path} "
              f"writes ({checkpoint['meta']['tokenizer']}, {checkpoint['meta']['vocab_size']}): use a judge trained on the same data")
 
-model = DiD(DiDConfig(**checkpoint['model_args']))
-model.load_state_dict(checkpoint['ema'])  # the EMA weights, as BD3-LM samples
-model.eval().to(device)
+model = ema_model(checkpoint, device)
 ctx = contextlib.nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device.split(':')[0], dtype=getattr(torch, dtype))
 mode = 'infill' if infill else f'max_len {max_len}' if max_len else f'{L} tokens'
 print(f"sampling {num_samples} x {mode} from {ckpt_path} (iter {checkpoint['iter_num']}): stages {stages}, "

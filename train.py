@@ -31,9 +31,9 @@ from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import check_device, configure, fail, guard
-from did import DiD, DiDConfig, add_noise, clipped_schedule_search, diffusion_loss, nelbo, search_intervals
+from did import (DiD, DiDConfig, add_noise, clipped_schedule_search, diffusion_loss, nelbo, search_intervals,
+                 peak_flops as peak_flops_of)  # peak_flops is also a setting here
 from load import load_bd3lm, load_checkpoint
-from did import peak_flops as peak_flops_of
 
 # -----------------------------------------------------------------------------
 # default config values: the paper's OWT shape (BD3-LM small, L=1024, mix-scale 4/1024)

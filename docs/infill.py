@@ -21,9 +21,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from configurator import configure, fail, guard  # noqa: E402
-from did import DiD, DiDConfig, Stage, infill  # noqa: E402
-from judge import Judge, words  # noqa: E402
-from load import Tokenizer, load_checkpoint  # noqa: E402
+from did import Stage, infill  # noqa: E402
+from judge import load_run, words  # noqa: E402
 
 # -----------------------------------------------------------------------------
 model = ''                      # the run to fill with (its out_dir)
@@ -38,16 +37,8 @@ out = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'infill.json')
 configure(globals(), sys.argv[1:])
 if not (model and judge and data):
     fail("give --model=RUN_DIR, --judge=AR_CKPT and --data=DATA_DIR (ablate.py's out_dir holds all three)")
-ckpt = guard(load_checkpoint, os.path.join(model, 'ckpt.pt'))
-jd = guard(Judge, judge)
-meta = json.load(open(os.path.join(data, 'meta.json')))
-if meta != ckpt['meta'] or jd.meta != meta:
-    fail(f"{model}, {judge} and {data} must share one character set")
-net = DiD(DiDConfig(**ckpt['model_args']))
-net.load_state_dict(ckpt['ema'])
-net.eval()
-L, mask_id, tok = net.config.seq_len, net.config.mask_id, Tokenizer(meta)
-vocab = set(open(os.path.join(data, 'train_words.txt')).read().split())
+net, jd, meta, tok, vocab = guard(load_run, model, judge, data)
+L, mask_id = net.config.seq_len, net.config.mask_id
 val = np.fromfile(os.path.join(data, 'val.bin'), dtype=np.uint16)
 rng = np.random.default_rng(seed)
 methods = {'global stage (B = L)': [Stage(L)], 'global stage + refine γ=0.25': [Stage(L), Stage(L, 0.25)],

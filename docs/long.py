@@ -19,9 +19,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from configurator import configure, fail, guard  # noqa: E402
-from did import DiD, DiDConfig, Stage, generate_long  # noqa: E402
-from judge import Judge, real_word_rate  # noqa: E402
-from load import Tokenizer, load_checkpoint  # noqa: E402
+from did import Stage, generate_long  # noqa: E402
+from judge import load_run, real_word_rate  # noqa: E402
 
 # -----------------------------------------------------------------------------
 model = ''                      # the run to sample (its out_dir)
@@ -36,13 +35,8 @@ out = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'long.json')
 configure(globals(), sys.argv[1:])
 if not (model and judge and data):
     fail("give --model=RUN_DIR, --judge=AR_CKPT and --data=DATA_DIR (ablate.py's out_dir holds all three)")
-ckpt = guard(load_checkpoint, os.path.join(model, 'ckpt.pt'))
-jd = guard(Judge, judge)
-net = DiD(DiDConfig(**ckpt['model_args']))
-net.load_state_dict(ckpt['ema'])
-net.eval()
-L, tok = net.config.seq_len, Tokenizer(ckpt['meta'])
-vocab = set(open(os.path.join(data, 'train_words.txt')).read().split())
+net, jd, _, tok, vocab = guard(load_run, model, judge, data)
+L = net.config.seq_len
 res = generate_long(net, [tok.eot], list(range(seed, seed + num_samples)), max_len,
                     [Stage(4, order=order), Stage(L, 0.25, order=order)])
 bounds = [(0, L)] + [(a, min(a + L - 1, max_len)) for a in range(L, max_len, L - 1)]
