@@ -58,7 +58,7 @@ max_len = 0                     # > 0: sequences of up to this many tokens, beyo
 stop_at_eos = False             # with max_len: end a sequence at its first <|endoftext|>
 infill = ''                     # text whose runs of _ are holes, one token per _, filled by the global stage (README: Infilling)
 out = ''                        # write samples as jsonl here as they finish (tokens, text, confidences, remasked positions)
-overwrite = False               # allow --out to replace an existing file
+overwrite = False               # allow --out and --html to replace an existing file
 html = ''                       # write a page here that replays the first sample forward by forward
 show = False                    # print each sample with what the refine stage remasked and changed highlighted
 eval = False                    # score the samples: Gen PPL under --judge and unigram entropy, as one table row
@@ -108,8 +108,15 @@ def highlight(tok, ids, remasked, changed, color):
     return ''.join(parts)
 
 
-def writable(path, what):
-    """One line, now, if path cannot be written (a folder, an unwritable place); nothing is left behind."""
+def check_output(path, what):
+    """One line, now, if --out or --html cannot be written: a checkpoint (never written over), an existing file
+    without --overwrite, a folder, an unwritable place; nothing is left behind."""
+    if os.path.basename(path) == 'ckpt.pt' or os.path.exists(path) and any(
+            os.path.exists(p) and os.path.samefile(path, p) for p in (ckpt_path, judge_path)):
+        fail(f"--{what}={path} would write over a checkpoint: pick another file, e.g. --{what}="
+             f"{'samples.jsonl' if what == 'out' else 'replay.html'}")
+    if os.path.exists(path) and not os.path.isdir(path) and not overwrite:
+        fail(f"--{what}={path} exists: pick another name, or pass --overwrite=True to replace it")
     if os.path.isdir(path):
         fail(f"--{what}={path} is a folder: give a file name")
     try:
@@ -168,13 +175,11 @@ except ValueError as e:
     fail(str(e))
 judge_path = os.path.join(judge, 'ckpt.pt') if os.path.isdir(judge) and os.path.isfile(os.path.join(judge, 'ckpt.pt')) else judge
 if out:
-    if os.path.basename(out) == 'ckpt.pt' or os.path.exists(out) and any(os.path.exists(p) and os.path.samefile(out, p) for p in (ckpt_path, judge_path)):
-        fail(f"--out={out} would write over a checkpoint: pick a samples file, e.g. --out=samples.jsonl")
-    if os.path.exists(out) and not os.path.isdir(out) and not overwrite:
-        fail(f"--out={out} exists: pick another name, or pass --overwrite=True to replace it")
-    writable(out, 'out')
+    check_output(out, 'out')
 if html:
-    writable(html, 'html')
+    check_output(html, 'html')
+if out and html and os.path.abspath(out) == os.path.abspath(html):
+    fail(f"--out and --html both name {out}: give them two files")
 vocab = None
 if words_from:
     try:

@@ -486,6 +486,9 @@ def test_every_bad_input_is_one_line_and_changes_nothing(tiny_run):
         (S + ['--max_len=1'], 'leaves no room'),
         (S + ['--html=/proc/self/x.html'], 'cannot write --html'),
         (S + ['--html=adir'], 'is a folder'),
+        (S + ['--html=a/ckpt.pt'], 'would write over a checkpoint'),  # the model being sampled
+        (S + ['--html=exists.jsonl'], 'exists'),
+        (S + ['--out=o.jsonl', '--html=o.jsonl'], 'two files'),
         (S + ['--stop_at_eos=True'], 'give --max_len'),
         (S + ['--min_entropy=-1'], 'min_entropy'),
         (S + ['--stages=4:1.0:threshold=0.9:steps=2'], 'no steps'),

@@ -1,7 +1,7 @@
 """
 Why the refine does not beat the draft at toy scale: is it the global view, or what the refine does to entropy?
 
-$ python ablation/refine_context.py --out_dir=ablation        # after python ablate.py --out_dir=ablation
+$ python ablation/refine_context.py --out_dir=ablation --overwrite=True   # after python ablate.py --out_dir=ablation
 
 On the seed's DiD, block-4-only and baseline models, the same 64 drafts (random order, T = 1, the ablation's
 sample seeds) are refined with the paper's snapshot remasking (gamma 0.25, one token per forward) by a stage of
@@ -29,8 +29,12 @@ out_dir = 'ablation'            # ablate.py's out_dir (its results.json, runs, j
 seed = 1337                     # which training seed's models
 blocks = ['4', '16', '64', 'L']  # the refine stage's block sizes
 cold = [0.6, 0.7]               # draft temperatures added below the ablation's sweep (the refine lowers entropy)
+overwrite = False               # replace out_dir/refine_context.json
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
+out = os.path.join(out_dir, 'refine_context.json')
+if os.path.exists(out) and not overwrite:
+    fail(f"{out} already holds results: pass --overwrite=True to remake them")
 if not os.path.exists(os.path.join(out_dir, 'results.json')):
     fail(f"{out_dir}/results.json not found: run python ablate.py --out_dir={out_dir} first")
 R = json.load(open(os.path.join(out_dir, 'results.json')))
@@ -75,5 +79,5 @@ for role in ('did', 'small', 'baseline'):
               f"− global {t['minus_global']:+.2f} ± {t['minus_global_sem']:.2f}, above the draft's frontier "
               f"{t['above_frontier']:+.2f} ± {t['above_frontier_sem']:.2f}", flush=True)
     rows[role] = dict(curve=curve[:len(cold)], refines=refs)
-json.dump(dict(seed=seed, blocks=blocks, cold=cold, table=table, rows=rows), open(os.path.join(out_dir, 'refine_context.json'), 'w'))
-print(f"wrote {out_dir}/refine_context.json")
+json.dump(dict(seed=seed, blocks=blocks, cold=cold, table=table, rows=rows), open(out, 'w'))
+print(f"wrote {out}")

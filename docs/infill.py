@@ -1,7 +1,7 @@
 """
 Infilling, measured: DiD's global stage against left-to-right block drafting of the same holes, on held-out text.
 
-$ python docs/infill.py --model=ablation/did-... --judge=ablation/judge-.../ckpt.pt --data=ablation/data/text-...
+$ python docs/infill.py --model=ablation/did-... --judge=ablation/judge-.../ckpt.pt --data=ablation/data/text-... --overwrite=True
 
 Takes num_texts validation windows of seq_len characters, cuts holes holes of hole_len characters into each
 (after position 0, not overlapping, the same for every method), and fills them with each method, one sample per
@@ -33,8 +33,11 @@ holes = 3                       # holes per window
 hole_len = 8                    # characters per hole
 seed = 1337
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'infill.json')
+overwrite = False               # replace the results already at out
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
+if os.path.exists(out) and not overwrite:
+    fail(f"{out} already holds results: pass --overwrite=True to remake them, or --out=another.json")
 if not (model and judge and data):
     fail("give --model=RUN_DIR, --judge=AR_CKPT and --data=DATA_DIR (ablate.py's out_dir holds all three)")
 net, jd, meta, tok, vocab = guard(load_run, model, judge, data)

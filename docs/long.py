@@ -2,7 +2,7 @@
 Text longer than the training length, measured: does refining window by window help every window, or only the
 first (the one that starts, as in training, at the sequence's own <|endoftext|>)?
 
-$ python docs/long.py --model=ablation/did-... --judge=ablation/judge-.../ckpt.pt --data=ablation/data/text-...
+$ python docs/long.py --model=ablation/did-... --judge=ablation/judge-.../ckpt.pt --data=ablation/data/text-... --overwrite=True
 
 Draws num_samples sequences of max_len tokens with did.generate_long (draft with blocks of 4, then a snapshot
 refine of gamma 0.25 in windows of L: [0, L), then <|endoftext|> + the next L - 1 tokens, ...), and scores the
@@ -31,8 +31,11 @@ max_len = 1024                  # 4 L at the toy's L = 256
 order = 'random'                # the paper's sampler (confidence: sample.py's default)
 seed = 1337
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'long.json')
+overwrite = False               # replace the results already at out
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
+if os.path.exists(out) and not overwrite:
+    fail(f"{out} already holds results: pass --overwrite=True to remake them, or --out=another.json")
 if not (model and judge and data):
     fail("give --model=RUN_DIR, --judge=AR_CKPT and --data=DATA_DIR (ablate.py's out_dir holds all three)")
 net, jd, _, tok, vocab = guard(load_run, model, judge, data)
