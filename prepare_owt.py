@@ -10,7 +10,9 @@ Each document is encoded with tiktoken "gpt2" encode_ordinary (or as characters)
 <|endoftext|> token, so a training window that starts at a document starts the way sampling does: from
 <|endoftext|> at position 0 (BD3-LM's BOS). Plain-text files are one document each; .jsonl files give one
 document per line (its "text" field). Validation: the last 100K OWT documents (the BD3-LM split), the last
-val_frac of the documents with --num_docs, or the last val_frac of the tokens with --input.
+val_frac of the documents with --num_docs, or the last val_frac of the tokens with --input. OpenWebText's
+validation documents are joined with no <|endoftext|> between them, as BD3-LM's are (insert_valid_eos=False),
+so a val NELBO measured on them is measured as BD3-LM's is.
 """
 
 import argparse
@@ -32,12 +34,12 @@ p.add_argument('--num_proc', type=int, default=max(1, os.cpu_count() // 2), help
 args = p.parse_args()
 
 enc = None
-def encode(text):  # runs in the worker processes
+def encode(text, eot=True):  # runs in the worker processes
     global enc
     if enc is None:
         import tiktoken
         enc = tiktoken.get_encoding('gpt2')
-    return np.array([enc.eot_token] + enc.encode_ordinary(text), dtype=np.uint16)
+    return np.array(([enc.eot_token] if eot else []) + enc.encode_ordinary(text), dtype=np.uint16)
 
 def read_local(paths):
     """The documents of local .txt (one each) / .jsonl (one per line, "text" field) files, or one line of error."""
@@ -105,7 +107,8 @@ def main(docs):
         n_val = 100_000
         splits = {'train': docs.select(range(len(docs) - n_val)), 'val': docs.select(range(len(docs) - n_val, len(docs)))}
         for split, dset in splits.items():
-            dset = dset.map(lambda ex: {'ids': (ids := encode(ex['text'])), 'len': len(ids)},
+            eot = split == 'train'  # BD3-LM's OWT validation has no EOS between documents
+            dset = dset.map(lambda ex: {'ids': (ids := encode(ex['text'], eot)), 'len': len(ids)},
                             remove_columns=['text'], desc=f'tokenizing {split}', num_proc=args.num_proc)
             total = int(np.sum(dset['len'], dtype=np.uint64))
             shards = (dset.shard(num_shards=1024, index=i, contiguous=True).with_format('numpy') for i in range(1024))
@@ -115,9 +118,9 @@ def main(docs):
         stream = np.concatenate(toks)
         n_val = max(1, int(len(stream) * args.val_frac))
         parts = {'train': [stream[:-n_val]], 'val': [stream[-n_val:]]}
-    else:  # split the documents
+    else:  # split the OWT documents; the validation ones lose their <|endoftext|>, as BD3-LM's (insert_valid_eos=False)
         n_val = max(1, int(len(toks) * args.val_frac))
-        parts = {'train': toks[:-n_val], 'val': toks[-n_val:]}
+        parts = {'train': toks[:-n_val], 'val': [t[1:] for t in toks[-n_val:]]}
     for split, arrays in parts.items():
         n = sum(len(a) for a in arrays)
         if n == 0:

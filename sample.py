@@ -241,7 +241,7 @@ def run(seeds):
                                 top_p, temperature, nucleus, hook=hook)
             return [dict(seed=s, tokens=r['tokens'], text=tok.decode(r['tokens']), conf=[round(c, 5) for c in r['conf']],
                          remasked=[sorted(r['remasked'])], changed=[j for j, (a, b) in enumerate(zip(r['tokens'], r['draft'])) if a != b],
-                         draft=r['draft']) for s, r in zip(seeds, res)]
+                         draft=r['draft'], stopped=r['stopped']) for s, r in zip(seeds, res)]
         res = (fill_holes(model, ids, seeds, stage_list, remask, top_p, temperature, nucleus, hook=hook) if infill else
                generate(model, prompt_ids, seeds, stage_list, remask, top_p, temperature, nucleus, hook=hook))
     recs = []
@@ -318,6 +318,10 @@ for k, stg in enumerate(stage_list if not max_len else []):
     print(f"stage B={stg.block_size} gamma={stg.gamma}: {st['nfe']:.1f} denoising forwards + {st['cache_passes']:.0f} cache "
           f"writes per sample, {st['token_forwards']:,.0f} token-forwards per sample")
 print(f"{num_samples} samples in {dt:.1f}s: {n_gen / dt:,.0f} generated tokens/s")
+if stop_at_eos:
+    n = sorted(len(s['tokens']) for s in samples)
+    print(f"{sum(s['stopped'] for s in samples)} of {num_samples} samples ended at <|endoftext|> before --max_len={max_len}; "
+          f"lengths {n[0]} / {n[len(n) // 2]} / {n[-1]} tokens (min / median / max, with the <|endoftext|>s)")
 if min_entropy:
     n_red, n_bad = sum(s['redraws'] > 0 for s in samples), sum(s['degenerate'] for s in samples)
     print(f"entropy check (BD3-LM, < {min_entropy} nats over 256 tokens): {n_red} of {num_samples} samples redrawn "

@@ -638,8 +638,9 @@ def test_readme_quick_start_works_word_for_word(tmp_path):
     more = [line for b in re.findall(r'```\n(.*?)```', section, re.S)[1:] for line in b.splitlines() if line.startswith('python ')]
     assert more, 'the quick start reports a real-word rate with a command'
     for cmd in more:
-        out = subprocess.run([sys.executable, *shlex.split(cmd)[1:]], cwd=tmp_path, capture_output=True, text=True)
-        assert out.returncode == 0 and 'real-word rate' in out.stdout, (cmd, out.stderr)
+        args = shlex.split(cmd)[1:] + ['--num_samples=8', '--batch_size=8']  # the command as written, on fewer samples
+        out = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True)
+        assert out.returncode == 0 and 'real-word rate' in out.stdout and 'over 8 samples' in out.stdout, (cmd, out.stderr)
 
 
 @pytest.mark.slow
@@ -663,6 +664,21 @@ def test_prepare_roundtrips_gpt2_with_eot_between_documents(tmp_path):
     assert ids == expected
     assert enc.decode(ids) == ''.join('<|endoftext|>' + d for d in docs)
     assert json.load(open(tmp_path / 'out' / 'meta.json'))['vocab_size'] == 50257
+
+
+def test_prepare_owt_validation_has_no_eot_between_documents_as_bd3lm(tmp_path):
+    # a stand-in for the datasets package: OpenWebText streamed as ten tiny documents
+    docs = [f"document {i}: some words." for i in range(10)]
+    (tmp_path / 'datasets.py').write_text(f"def load_dataset(*a, streaming=False, **k):\n"
+                                          f"    return iter([{{'text': d}} for d in {docs!r}])\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    subprocess.run([sys.executable, os.path.join(ROOT, 'prepare_owt.py'), '--num_docs=10', '--tokenizer=char',
+                    '--val_frac=0.3', '--out_dir=out'], cwd=tmp_path, env=env, check=True, capture_output=True)
+    meta = json.load(open(tmp_path / 'out' / 'meta.json'))
+    decode = lambda f: ''.join('|' if i == meta['eot'] else meta['chars'][i]
+                               for i in np.fromfile(tmp_path / 'out' / f, dtype=np.uint16))
+    assert decode('train.bin') == ''.join('|' + d for d in docs[:7])  # training: <|endoftext|> before every document
+    assert decode('val.bin') == ''.join(docs[7:])  # validation: BD3-LM's insert_valid_eos=False
 
 
 # -----------------------------------------------------------------------------
@@ -1105,8 +1121,13 @@ def test_sample_py_infills_writes_any_length_and_a_replay_page(tiny_run):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     eot = json.load(open(tmp_path / 'data' / 'tiny' / 'meta.json'))['eot']
-    for r in map(json.loads, open(tmp_path / 'long.jsonl')):
-        assert len(r['tokens']) == 150 or r['tokens'][-1] == eot and eot not in r['tokens'][1:-1]
+    recs = list(map(json.loads, open(tmp_path / 'long.jsonl')))
+    for r in recs:
+        assert r['tokens'][-1] == eot if r['stopped'] else len(r['tokens']) == 150
+        assert eot not in r['tokens'][1:-1]
+    n = sorted(len(r['tokens']) for r in recs)
+    assert f"{sum(r['stopped'] for r in recs)} of 3 samples ended at <|endoftext|>" in out.stdout
+    assert f"lengths {n[0]} / {n[1]} / {n[2]} tokens" in out.stdout, out.stdout
     # three stages: --show marks what any refine remasked (it used to mark the last stage's only)
     out = subprocess.run(S[:-2] + ['--num_samples=1', '--stages=4:1.0,L:0.25,L:0.25', '--show', '--out=three.jsonl'],
                          cwd=tmp_path, capture_output=True, text=True)
