@@ -253,7 +253,7 @@ judge_ckpt = os.path.join(judge, 'ckpt.pt')
 
 def train_est(args):
     cost = sum(p * (1.0 if b == seq_len else 2.05) for b, p in args['block_mix'].items()) if not args.get('causal') else 0.96
-    return args['max_iters'] * 0.23 * cost * size * batch_size / 8
+    return 5 + args['max_iters'] * 0.23 * cost * size * batch_size / 8  # 5 s: a fresh Python importing torch
 
 
 # 4. the rows: (seed, model, label, stages, remask, order, temperature), each one sample.py --eval call
@@ -284,7 +284,7 @@ def row_est(stages):
     return 5 + (5 + 165 * g * seq_len / 256) * num_samples / 64 * size
 
 
-remaining = [sum(train_est(a[4]) for a in arms) + sum(row_est(r[3]) for r in plan) + 60]
+remaining = [sum(train_est(a[4]) for a in arms) + (0 if train_only else sum(row_est(r[3]) for r in plan) + 60)]
 n_steps = len(arms) + (0 if train_only else len(plan) + 1)
 print(f"protocol: pretrain P={P}, fine-tunes F={finetune_iters} (baseline, DiD equal budget) and {small_iters} (DiD, "
       f"block-4 only), {ft_warmup} warmup; {len(seeds)} seeds; {len(plan)} sampled rows of {num_samples}; {n_steps} steps", flush=True)

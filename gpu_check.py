@@ -65,14 +65,15 @@ results['bench'] = json.load(open(bench_json))
 # 2. training on synthetic tokens: the loss falls, and a resume continues exactly
 rng = np.random.default_rng(0)
 nxt = rng.integers(0, 1000, (1000, 4))  # each id is followed by one of 4 others: log 4 nats per token at best
-ids = np.empty(2_000_000, dtype=np.uint16)
+n = 200_000 if smoke else 2_000_000  # tokens of the chain
+ids = np.empty(n, dtype=np.uint16)
 ids[0] = 0
 choice = rng.integers(0, 4, len(ids))
 for i in range(1, len(ids)):
     ids[i] = nxt[ids[i - 1], choice[i]]
 data = os.path.join(work_dir, 'data', 'synthetic')
-ids[:1_800_000].tofile(os.path.join(data, 'train.bin'))
-ids[1_800_000:].tofile(os.path.join(data, 'val.bin'))
+ids[:n * 9 // 10].tofile(os.path.join(data, 'train.bin'))
+ids[n * 9 // 10:].tofile(os.path.join(data, 'val.bin'))
 json.dump(dict(tokenizer='gpt2', vocab_size=50257, eot=50256), open(os.path.join(data, 'meta.json'), 'w'))
 args = ['--dataset=synthetic', '--warmup_iters=20', '--eval_iters=2', '--log_interval=10', '--noise_search=False',
         '--batch_size=16', '--total_batch_size=16384', f'--eval_interval={steps // 2}', '--overwrite=True']
