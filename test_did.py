@@ -206,8 +206,6 @@ def test_zero_head_starts_at_uniform_loss():
 FORK_SERVER = r'''
 import atexit, json, os, runpy, sys, traceback
 import numpy, tiktoken, torch, torch._dynamo, torch.distributed, torch.nn.parallel  # what every script imports, once
-sys.path.insert(0, sys.argv[1])
-import did, configurator, load  # noqa: F401 (imported for the forks)
 assert len(os.listdir('/proc/self/task')) == 1, 'a thread before fork'  # forking a threaded process is unsafe
 
 
@@ -253,7 +251,7 @@ def run_scripts(cmds, cwd, env=None, jobs=1):
     """Each command [sys.executable, script.py, args...] as subprocess.run would run it in cwd with env (by default
     ours with OMP_NUM_THREADS=1): returns (exit code, stdout, stderr) for each; `jobs` run at once."""
     if not _server:
-        _server.append(subprocess.Popen([sys.executable, '-c', FORK_SERVER, ROOT], stdin=subprocess.PIPE,
+        _server.append(subprocess.Popen([sys.executable, '-c', FORK_SERVER], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS='1')))
     runs, env = [], env or dict(os.environ, OMP_NUM_THREADS='1')
     with tempfile.TemporaryDirectory() as d:
@@ -693,8 +691,7 @@ def test_readme_quick_start_works_word_for_word(tmp_path):
     assert [c.split()[1] for c in cmds[1:]] == ['prepare_owt.py', 'train.py', 'sample.py'], cmds
     for cmd in cmds[1:]:
         args = shlex.split(cmd) + (['--max_iters=2', '--eval_interval=2', '--eval_iters=1'] if 'train.py' in cmd else [])
-        out = subprocess.run([sys.executable, *args[1:]], cwd=tmp_path, capture_output=True, text=True,
-                             env=dict(os.environ, OMP_NUM_THREADS='2'))
+        out = run_script([sys.executable, *args[1:]], cwd=tmp_path)  # the copy's scripts import the copy's modules
         assert out.returncode == 0, (cmd, out.stderr)
     assert 'refined, changed tokens in [brackets]' in out.stdout and out.stdout.count('--- sample') == 2
     # the section's other commands (the real-word rate of 64 samples) work too
@@ -704,7 +701,7 @@ def test_readme_quick_start_works_word_for_word(tmp_path):
     assert more, 'the quick start reports a real-word rate with a command'
     for cmd in more:
         args = shlex.split(cmd)[1:] + ['--num_samples=8', '--batch_size=8']  # the command as written, on fewer samples
-        out = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True)
+        out = run_script([sys.executable, *args], cwd=tmp_path)
         assert out.returncode == 0 and 'real-word rate' in out.stdout and 'over 8 samples' in out.stdout, (cmd, out.stderr)
 
 
