@@ -216,6 +216,7 @@ def child(argv, cwd, env, out, err):
     os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT), 1)
     os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT), 2)
     sys.argv, sys.path[0], code = argv, os.path.dirname(argv[0]), 0
+    sys.path[1:1] = [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]  # as the interpreter reads it
     atexit._clear()  # only the script's own exit handlers run, as in a fresh Python
     try:
         runpy.run_path(argv[0], run_name='__main__')
