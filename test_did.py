@@ -265,7 +265,7 @@ def run_scripts(cmds, cwd, env=None, jobs=1):
     if not _server:  # its own stderr kept apart: anything it prints (an import-time warning) would be lost to a child
         log = tempfile.NamedTemporaryFile('w+', suffix='.log', delete=False)
         _server.extend([subprocess.Popen([sys.executable, '-c', FORK_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=log, text=True), log])
+                                         stderr=log, text=True, env=dict(os.environ, OMP_NUM_THREADS='1')), log])
     server, log = _server
     env = dict(os.environ, OMP_NUM_THREADS='1') if env is None else env
     with tempfile.TemporaryDirectory() as d:
@@ -318,7 +318,7 @@ def train(tmp_path, *args, torchrun=0, base=TINY):
     cmd = [sys.executable, os.path.join(ROOT, 'train.py'), *base, *args]
     if torchrun:
         cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={torchrun}', *cmd[1:]]
-        p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+        p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
         rc, out, err = p.returncode, p.stdout, p.stderr
     else:
         (rc, out, err), = run_scripts([cmd], tmp_path)
@@ -453,7 +453,7 @@ def test_resume_at_an_evaluation_iteration_is_exact(tiny_run):
     tmp_path = tiny_run[0]
     args = [*TINY, '--eval_interval=1', '--noise_search=True', '--search_interval=1', '--search_seqs=8', '--eval_iters=1']
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), *args, '--max_iters=1000', '--out_dir=ev'],
-                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
     for line in p.stdout:
         if line.startswith('iter 3:'):
             break
@@ -677,7 +677,7 @@ def test_ctrl_c_while_sampling_keeps_the_finished_samples(tiny_run):
     tmp_path = tiny_run[0]
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'sample.py'), '--out_dir=a', '--num_samples=400', '--batch_size=1',
                           '--stages=4:1.0', '--out=part.jsonl'], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
     while not os.path.exists(tmp_path / 'part.jsonl.tmp') or len(open(tmp_path / 'part.jsonl.tmp').readlines()) < 3:
         assert p.poll() is None
         time.sleep(0.05)
@@ -1368,7 +1368,7 @@ def ablate(tmp_path, *args):
     cmd = [sys.executable, os.path.join(ROOT, 'ablate.py'), f'--text={text}', '--out_dir=abl', '--seq_len=16',
            '--n_layer=1', '--n_head=2', '--n_embd=16', '--batch_size=2', '--judge_iters=2', '--seeds=[1]',
            '--train_only=True', *args]
-    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
 
 
 @pytest.mark.slow
