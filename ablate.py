@@ -1,7 +1,8 @@
 """
-The paper's protocol at toy scale, in one command, on characters, with the paper's proportions.
+The paper's protocol at toy scale, in one command, with the paper's proportions: on characters, or on GPT-2 tokens.
 
-$ python ablate.py                                               # Tiny Shakespeare (downloaded into data/ once)
+$ python ablate.py                                               # Tiny Shakespeare as characters (downloaded into data/ once)
+$ python ablate.py config/ablate_tinystories.py                  # TinyStories as GPT-2 tokens, with an AR row (~2 hours)
 $ python ablate.py --text=books/ --learning_rate=1e-3 --out_dir=out-ablation-books   # any .txt file, or a folder of them
 $ python ablate.py --out_dir=ablation --overwrite=True           # remake the committed tables
 
@@ -10,12 +11,14 @@ As in the paper, nobody trains DiD from scratch, and the budgets keep the paper'
   2. from it, for each seed, fine-tune the baseline (BD3-LM: block 4 only) for F iterations (BD3-LM: 150K steps),
      DiD (mix-scale blocks) for 0.26 F (the paper's 26%), and a block-4-only model for 0.26 F (the paper's "small
      blocks only" arm: mix-scale's role at DiD's budget); for the first seed also DiD for F (an equal budget);
-  3. train a causal AR judge on the same characters;
+  3. train a causal AR judge on the same text, and (--ar) the AR row: a causal model trained for P + F iterations,
+     the baseline's whole budget (the paper's table: AR 14.1, BD3-LM 25.7, DiD 21.9);
   4. evaluate: validation NELBO at B=4 and B=L; for the headline samplers (each model's draft, and draft + snapshot
      refine) in random and confidence order, a temperature sweep: Gen PPL under the judge against entropy, one
      curve per sampler, read off at the entropy of real validation text and at that of the baseline's draft at
      temperature 1 (Gen PPL rewards low entropy: only rows at one entropy compare fairly); at temperature 1,
-     snapshot / posthoc / random remasking at each gamma;
+     snapshot / posthoc / random remasking at each gamma; beside Gen PPL, the global coherence of the samples
+     (judge.py: the mutual information between a sample's halves, and the names its second half keeps);
   5. write results.json, results.md, frontier.png and pareto.png (and schedules.png) into out_dir.
 Every run folder is named by a hash of its settings and data: a rerun reuses only what was made with the same
 settings (an interrupted run resumes where it stopped, rows already scored are kept), and results already in
@@ -40,10 +43,12 @@ import urllib.request
 import numpy as np
 
 from configurator import configure, fail
-from judge import Judge, boot_se, matched_entropy, real_word_rate, words
+from judge import Judge, boot_se, matched_entropy, name_share, real_word_rate, words
+from load import Tokenizer
 
 # -----------------------------------------------------------------------------
 text = ''                       # a text file, or a folder of .txt files; '' = Tiny Shakespeare, fetched into data/tinyshakespeare/input.txt
+tokenizer = 'char'              # 'char', or 'gpt2': GPT-2 tokens in a compact vocabulary (prepare_owt.py --compact)
 out_dir = 'out-ablation'        # data, runs, rows and results go here
 overwrite = False               # replace results.json/.md and the plots already in out_dir
 seq_len = 256                   # L
@@ -64,8 +69,10 @@ judge_iters = 2000              # the AR judge
 num_samples = 64                # samples per table row (the same sample seeds in every row)
 gamma = 0.25                    # the headline refine's remask ratio
 gammas = [0.1, 0.25, 0.5]       # remask ratios of the snapshot / posthoc / random rows (temperature 1)
+orders = ['random', 'confidence']  # the draft orders swept (random: BD3-LM's sampler, the paper's)
 temperatures = {'random': [0.8, 1.0, 1.2, 1.4, 1.6, 1.8], 'confidence': [1.0, 1.5, 2.0, 2.5, 3.0]}  # each order's sweep: it must
                                 # bracket real text's entropy, which confidence order reaches only when hot (ablation/README.md)
+ar = False                      # also the AR row: a causal model of the same shape trained for P + F iterations (first seed)
 seeds = [1337, 1338]            # training seeds; every seed gets the headline curves, the first also every other row
 sample_seed = 1337
 train_only = False              # stop once every model is trained (evaluate later by running the same command)
@@ -105,9 +112,12 @@ check(0 <= ema_decay < 1 and 0 <= dropout < 1, f"--ema_decay={ema_decay} and --d
 check(isinstance(num_samples, int) and num_samples >= 2, f"--num_samples={num_samples} must be an integer >= 2 (standard errors)")
 check(numbers([gamma], 0, 1), f"--gamma={gamma} must be a remask ratio in (0, 1]")
 check(numbers(gammas, 0, 1), f"--gammas={gammas} must be a list of remask ratios in (0, 1], e.g. [0.1, 0.25, 0.5]")
-check(isinstance(temperatures, dict) and set(temperatures) == {'random', 'confidence'} and
-      all(numbers(ts, 0, 10) and 1.0 in ts and list(ts) == sorted(set(ts)) for ts in temperatures.values()),
-      f"--temperatures={temperatures} must give each order, random and confidence, increasing temperatures > 0 that "
+check(tokenizer in ('char', 'gpt2'), f"--tokenizer={tokenizer!r}: use char or gpt2")
+check(isinstance(orders, (list, tuple)) and orders and set(orders) <= {'random', 'confidence'} and 'random' in orders,
+      f"--orders={orders} must list draft orders, random (the paper's) and optionally confidence")
+check(isinstance(temperatures, dict) and set(orders) <= set(temperatures) and
+      all(numbers(temperatures[o], 0, 10) and 1.0 in temperatures[o] and list(temperatures[o]) == sorted(set(temperatures[o])) for o in orders),
+      f"--temperatures={temperatures} must give each order of {orders} increasing temperatures > 0 that "
       f"include 1 (the paper's), e.g. {{'random': [1.0, 1.2], 'confidence': [1.0, 2.0]}}")
 check(isinstance(seeds, (list, tuple)) and seeds and all(isinstance(s, int) for s in seeds) and len(set(seeds)) == len(seeds),
       f"--seeds={seeds} must be a list of distinct integers, e.g. [1337, 1338]")
@@ -206,23 +216,28 @@ def finished(est, t0):
 signal.signal(signal.SIGINT, signal.default_int_handler)  # from here a Ctrl-C lets the running step save, then stops
 
 
-# 1. the data, as characters, in a folder named by its content
-data_key = key([hashlib.sha1(open(f, 'rb').read()).hexdigest() for f in files], 'char')
+# 1. the data, as characters or compact GPT-2 tokens, in a folder named by its content
+data_key = key([hashlib.sha1(open(f, 'rb').read()).hexdigest() for f in files], tokenizer)
 dataset = f'text-{data_key}'
 if not os.path.exists(os.path.join(out_dir, 'data', dataset, 'meta.json')):
-    run('prepare_owt.py', '--input', *map(os.path.abspath, files), '--tokenizer=char', f'--out_dir=data/{dataset}')
+    run('prepare_owt.py', '--input', *map(os.path.abspath, files), f'--tokenizer={tokenizer}',
+        *(['--compact'] if tokenizer == 'gpt2' else []), f'--out_dir=data/{dataset}')
 meta = json.load(open(os.path.join(out_dir, 'data', dataset, 'meta.json')))
+try:
+    tok = Tokenizer(meta)
+except ValueError as e:
+    fail(e)
 train_ids = np.fromfile(os.path.join(out_dir, 'data', dataset, 'train.bin'), dtype=np.uint16)
 val = np.fromfile(os.path.join(out_dir, 'data', dataset, 'val.bin'), dtype=np.uint16)
 check(min(len(train_ids), len(val)) > seq_len, f"--text has too little text for --seq_len={seq_len}: use more text or a smaller seq_len")
-train_text = ''.join(meta['chars'][i] if i < len(meta['chars']) else ' ' for i in train_ids)
+train_text = tok.decode(train_ids.tolist())
 vocab = set(words(train_text))  # the real words: those of the training split
 words_path = os.path.join(out_dir, 'data', dataset, 'train_words.txt')
 if not os.path.exists(words_path):
     open(words_path, 'w').write('\n'.join(sorted(vocab)))
 
 # 2.-3. the models: each in a folder named by its settings (and its parent's); finished ones are reused
-common = dict(dataset=dataset, tokenizer='char', seq_len=seq_len, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+common = dict(dataset=dataset, tokenizer=tokenizer, seq_len=seq_len, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
               dropout=dropout, batch_size=batch_size, total_batch_size=batch_size * seq_len, learning_rate=learning_rate,
               warmup_iters=warmup_iters, decay_lr=decay_lr, ema_decay=ema_decay, eval_iters=16, log_interval=100, device='cpu',
               compile=False, eval_block_sizes=[4, seq_len], noise_clip={4: (0.5, 1.0)})
@@ -247,6 +262,10 @@ for i, seed in enumerate(seeds):
                         small=arm('small', seed, small_iters, pre, block_mix={4: 1.0}, **ft))
     if i == 0:
         models[seed]['did_equal'] = arm('did_equal', seed, finetune_iters, pre, block_mix=mix, **ft)
+if ar:  # the AR row: the baseline's whole budget (P + F), one seed; its samples join every seed's comparison
+    ar_folder = arm('ar', seeds[0], P + finetune_iters, causal=True, block_mix={4: 1.0})
+    for seed in seeds:
+        models[seed]['ar'] = ar_folder
 judge = arm('judge', seeds[0], judge_iters, causal=True, block_mix={4: 1.0})
 judge_ckpt = os.path.join(judge, 'ckpt.pt')
 
@@ -259,9 +278,10 @@ def train_est(args):
 # 4. the rows: (seed, model, label, stages, remask, order, temperature), each one sample.py --eval call
 G = f'L:{gamma}'
 headline = {'draft': '4:1.0', 'draft + refine': f'4:1.0,{G}'}  # stages of each headline sampler
-curves = [(seed, role, name, order) for seed in seeds for order in ('random', 'confidence')
+curves = [(seed, role, name, order) for seed in seeds for order in orders
           for role in ('baseline', 'did', 'small') for name in headline if (role, name) != ('baseline', 'draft + refine')]
-plan = [(s, role, f'{name}, {order} order, T={T:g}', headline[name], 'snapshot', order, T)
+curves += [(seed, 'ar', 'sample', 'random') for seed in seeds if ar]  # AR samples left to right: no order, no stages
+plan = [(s, role, f'{name}, {order} order, T={T:g}', headline.get(name, '4:1.0'), 'snapshot', order, T)
         for s, role, name, order in curves for T in temperatures[order]]
 s0 = seeds[0]
 plan += [(s0, 'baseline', 'draft + refine, random order, T=1', headline['draft + refine'], 'snapshot', 'random', 1.0)]
@@ -335,15 +355,27 @@ for k, (seed, role, label, stages, remask, order, T) in enumerate(plan, len(arms
     print(f"  seed {seed} {role:9} {label:44} Gen PPL {r['gen_ppl']:7.2f} ± {r['gen_ppl_sem']:.2f}, entropy "
           f"{r['entropy']:.3f}, real words {r['real_word_rate']:.3f}", flush=True)
 
-# the reference: real validation text, scored the same way
+# the reference: real validation text, scored the same way: windows that start where a document does, as samples
+# do (at random places where the text has too few documents), and the same windows spliced, each first half with
+# another window's second half: the coherence measures' floor
 rng = np.random.default_rng(0)
-texts = ['<|endoftext|>' + ''.join(meta['chars'][j] if j < len(meta['chars']) else ' ' for j in val[s:s + seq_len - 1])
-         for s in rng.integers(0, len(val) - seq_len, num_samples)]
+docs = np.flatnonzero(val[:len(val) - seq_len] == meta['eot'])
+starts = rng.choice(docs, num_samples, replace=False) if len(docs) >= num_samples else rng.integers(0, len(val) - seq_len, num_samples)
+wins = [[meta['eot']] + val[s + (val[s] == meta['eot']):][:seq_len - 1].tolist() for s in starts]
+half = seq_len // 2
+texts = [tok.decode(w) for w in wins]
+spliced = [tok.decode(w[:half] + wins[(i + num_samples // 2) % num_samples][half:]) for i, w in enumerate(wins)]
 try:
-    (mean, std, _, per), ents = Judge(os.path.join(out_dir, judge_ckpt)).score(texts, seq_len)
+    jd = Judge(os.path.join(out_dir, judge_ckpt))
 except ValueError as e:
     fail(e)
-real = dict(gen_ppl=mean, gen_ppl_sem=std / math.sqrt(len(per)), entropy=float(np.mean(ents)),
+(mean, std, _, per), ents = jd.score(texts, seq_len)
+sem = lambda v: float(np.nanstd(v, ddof=1) / math.sqrt(np.sum(~np.isnan(v))))  # noqa: E731
+real, floor = {}, {}
+for ref, ts in ((real, texts), (floor, spliced)):
+    mis, shares = (np.array(v, float) for v in jd.coherence(ts, seq_len))
+    ref.update(mi=float(np.nanmean(mis)), mi_sem=sem(mis), name_share=float(np.nanmean(shares)), name_share_sem=sem(shares))
+real.update(gen_ppl=mean, gen_ppl_sem=std / math.sqrt(len(per)), entropy=float(np.mean(ents)),
             entropy_sem=float(np.std(ents, ddof=1) / math.sqrt(len(ents))),
             real_word_rate=float(np.mean([real_word_rate(t, vocab) for t in texts])))
 H = real['entropy']
@@ -354,7 +386,7 @@ def find(seed, role, label):
     return next(r for r in rows if (r['seed'], r['model'], r['label']) == (seed, role, label))
 
 
-NAMES = {'baseline': 'baseline', 'did': 'DiD', 'small': 'block-4 only'}
+NAMES = {'baseline': 'baseline', 'did': 'DiD', 'small': 'block-4 only', 'ar': 'AR'}
 
 
 def curve_name(role, name, order):
@@ -363,6 +395,8 @@ def curve_name(role, name, order):
 
 matched, diffs = {}, []
 questions = [('DiD + refine − baseline draft', ('did', 'draft + refine'), ('baseline', 'draft')),
+             *([('DiD + refine − AR', ('did', 'draft + refine'), ('ar', 'sample')),
+                ('baseline draft − AR', ('baseline', 'draft'), ('ar', 'sample'))] if ar else []),
              ('DiD: refine − draft', ('did', 'draft + refine'), ('did', 'draft')),
              ('block-4 only: refine − draft', ('small', 'draft + refine'), ('small', 'draft')),
              ('DiD draft − block-4-only draft', ('did', 'draft'), ('small', 'draft')),
@@ -372,18 +406,28 @@ for seed in seeds:
     # order, temperature 1), which every sweep reaches
     ref = find(seed, 'baseline', 'draft, random order, T=1')  # a row: the bootstrap resamples its entropy with the rest
     targets = {'real text': H, 'baseline draft T=1': ref}
-    for order in ('random', 'confidence'):
+    for order in orders:
         cs = {(role, name): [find(seed, role, f'{name}, {order} order, T={T:g}') for T in temperatures[order]]
               for s, role, name, o in curves if (s, o) == (seed, order)}
         for at, target in targets.items():
             est, draws = matched_entropy(cs, target)
+            coh = {k: matched_entropy(cs, target, key=k, log=False) for k in ('mis', 'name_shares')}
             h = target['entropy'] if isinstance(target, dict) else target
             for (role, name), e in est.items():
                 matched[f"{seed} {curve_name(role, name, order)} at {at}"] = dict(
-                    seed=seed, model=role, sampler=name, order=order, at=at, entropy=h, gen_ppl=e, sem=boot_se(draws[role, name]))
-            for q, a, b in questions:
+                    seed=seed, model=role, sampler=name, order=order, at=at, entropy=h, gen_ppl=e, sem=boot_se(draws[role, name]),
+                    **{f'{k}': coh[k][0][role, name] for k in coh}, **{f'{k}_sem': boot_se(coh[k][1][role, name]) for k in coh})
+            if ar and ('ar', 'sample') in cs:  # the share of the baseline's gap to AR that DiD closes, at this entropy
+                b, d, a = (('baseline', 'draft'), ('did', 'draft + refine'), ('ar', 'sample'))
+                share = lambda x: (x[b] - x[d]) / (x[b] - x[a])  # noqa: E731
+                diffs.append(dict(seed=seed, order=order, question='share of the baseline → AR gap that DiD + refine closes',
+                                  at=f'entropy of {at} ({h:.3f})', diff=share(est), sem=boot_se(share(draws))))
+            for q, a, b in [q for q in questions if q[1] in cs and q[2] in cs]:
                 diffs.append(dict(seed=seed, order=order, question=q, at=f'entropy of {at} ({h:.3f})', diff=est[a] - est[b],
                                   sem=boot_se(draws[a] - draws[b])))
+                (mi, mi_draws) = coh['mis']  # the same question for global coherence (higher is better)
+                diffs.append(dict(seed=seed, order=order, question=q + ' (halves MI)', at=f'entropy of {at} ({h:.3f})',
+                                  diff=mi[a] - mi[b], sem=boot_se(mi_draws[a] - mi_draws[b])))
             gain = lambda m: (draws[m, 'draft + refine'] - draws[m, 'draft'], est[m, 'draft + refine'] - est[m, 'draft'])  # noqa: E731
             diffs.append(dict(seed=seed, order=order, question="refine's gain, DiD − block-4 only", at=f'entropy of {at} ({h:.3f})',
                               diff=gain('did')[1] - gain('small')[1], sem=boot_se(gain('did')[0] - gain('small')[0])))
@@ -406,69 +450,80 @@ paired(find(s0, 'baseline', 'draft + refine, random order, T=1'), find(s0, 'base
 paired(find(s0, 'did_equal', 'draft + refine, random order, T=1'), find(s0, 'did_equal', 'draft, random order, T=1'),
        'DiD equal budget: refine − draft')
 
-settings = {k: globals()[k] for k in ('seq_len', 'n_layer', 'n_head', 'n_embd', 'dropout', 'batch_size', 'learning_rate',
+settings = {k: globals()[k] for k in ('tokenizer', 'orders', 'ar', 'seq_len', 'n_layer', 'n_head', 'n_embd', 'dropout', 'batch_size', 'learning_rate',
                                        'warmup_iters', 'decay_lr', 'ema_decay', 'finetune_iters', 'budget_frac', 'block_mix',
                                        'judge_iters', 'num_samples', 'gamma', 'gammas', 'temperatures', 'seeds', 'sample_seed')}
 settings.update(text=[os.path.relpath(f, here) for f in files], pretrain_iters=P,
                 arms={role: it for role, _, it, *_ in arms})
 json.dump(dict(settings=settings, models=models, nelbo=nelbos, judge_nelbo=judge_nelbo, train_seconds=times,
-               seconds=time.time() - t_start, real_text=real, matched_entropy=matched, differences=diffs, rows=rows),
+               seconds=time.time() - t_start, real_text=real, spliced_text=floor, matched_entropy=matched, differences=diffs, rows=rows),
           open(results[0], 'w'), indent=1)
 with open(results[1], 'w') as f:
-    f.write(f"Settings: {json.dumps(settings)}\n\nAR judge: val NELBO {judge_nelbo:.4f} nats/char. "
+    unit = 'char' if tokenizer == 'char' else 'token'
+    f.write(f"Settings: {json.dumps(settings)}\n\nAR judge: val NELBO {judge_nelbo:.4f} nats/{unit}. "
             f"Whole command: {(time.time() - t_start) / 60:.0f} minutes.\n\n")
-    f.write("| seed | model | iterations | val NELBO B=4 | val NELBO B=L |\n|---|---|---|---|---|\n")
+    f.write("| seed | model | iterations | val NELBO B=4 | val NELBO B=L | val NLL (AR) |\n|---|---|---|---|---|---|\n")
     for role, seed, it, folder, *_ in arms:
         if folder in nelbos:
-            n = nelbos[folder]
-            f.write(f"| {seed} | {role} | {it} | {n.get('val/nelbo_B4', float('nan')):.4f} | "
-                    f"{n.get(f'val/nelbo_B{seq_len}', float('nan')):.4f} |\n")
+            n = {k: f"{v:.4f}" for k, v in nelbos[folder].items()}
+            f.write(f"| {seed} | {role} | {it} | {n.get('val/nelbo_B4', '-')} | {n.get(f'val/nelbo_B{seq_len}', '-')} | "
+                    f"{n.get('val/nelbo_B0', '-')} |\n")
     f.write(f"\nGen PPL at a matched entropy, interpolated along each sampler's temperature sweep (± bootstrap standard "
             f"error over the {num_samples} samples; nan: the sweep does not reach it). Real text: entropy {H:.3f} ± "
             f"{real['entropy_sem']:.3f} nats, Gen PPL {real['gen_ppl']:.2f} ± {real['gen_ppl_sem']:.2f}.\n\n")
     f.write("| sampler | at the entropy of | " + " | ".join(f"seed {s}" for s in seeds) + " |\n|---|---|" + "---|" * len(seeds) + "\n")
-    for at in ('real text', 'baseline draft T=1'):
-        for order in ('random', 'confidence'):
-            for role, name in dict.fromkeys((r, n) for _, r, n, _ in curves):
-                vals = [matched[f"{s} {curve_name(role, name, order)} at {at}"] for s in seeds]
-                f.write(f"| {curve_name(role, name, order)} | {at} | " +
-                        " | ".join(f"{v['gen_ppl']:.2f} ± {v['sem']:.2f}" for v in vals) + " |\n")
-    f.write("\nDifferences in Gen PPL (negative: the first is better), paired over the same sample seeds:\n\n"
+    table = [(at, order, role, name) for at in ('real text', 'baseline draft T=1') for order in orders
+             for role, name in dict.fromkeys((r, n) for _, r, n, o in curves if o == order)]
+    for at, order, role, name in table:
+        vals = [matched[f"{s} {curve_name(role, name, order)} at {at}"] for s in seeds]
+        f.write(f"| {curve_name(role, name, order)} | {at} | " + " | ".join(f"{v['gen_ppl']:.2f} ± {v['sem']:.2f}" for v in vals) + " |\n")
+    f.write(f"\nGlobal coherence at the same matched entropies (judge.py): the judge's mutual information between a "
+            f"sample's halves in nats/token, and the share of the second half's names that the first half introduced "
+            f"(higher is more coherent). Real text: MI {real['mi']:.3f} ± {real['mi_sem']:.3f}, names "
+            f"{real['name_share']:.3f} ± {real['name_share_sem']:.3f}; the same windows spliced (first half of one, second "
+            f"half of another): MI {floor['mi']:.3f} ± {floor['mi_sem']:.3f}, names {floor['name_share']:.3f} ± "
+            f"{floor['name_share_sem']:.3f}.\n\n| sampler | at the entropy of | " +
+            " | ".join(f"seed {s}: MI | names" for s in seeds) + " |\n|---|---|" + "---|---|" * len(seeds) + "\n")
+    for at, order, role, name in table:
+        vals = [matched[f"{s} {curve_name(role, name, order)} at {at}"] for s in seeds]
+        f.write(f"| {curve_name(role, name, order)} | {at} | " + " | ".join(
+            f"{v['mis']:.3f} ± {v['mis_sem']:.3f} | {v['name_shares']:.3f} ± {v['name_shares_sem']:.3f}" for v in vals) + " |\n")
+    f.write("\nDifferences in Gen PPL (negative: the first is better; halves MI: positive), paired over the same sample seeds:\n\n"
             "| seed | order | difference | at | value ± s.e. |\n|---|---|---|---|---|\n")
     for d in diffs:
         f.write(f"| {d['seed']} | {d['order']} | {d['question']} | {d['at']} | {d['diff']:+.2f} ± {d['sem']:.2f} |\n")
     f.write("\nEvery row (64 samples unless the settings say otherwise):\n\n| seed | model | sampling | Gen PPL (mean ± s.e.) | "
-            "entropy | real-word rate | forwards / sample | seconds |\n|---|---|---|---|---|---|---|---|\n")
+            "entropy | real-word rate | halves MI | names kept | forwards / sample | seconds |\n|---|---|---|---|---|---|---|---|---|---|\n")
     f.write(f"| - | real text | validation windows | {real['gen_ppl']:.2f} ± {real['gen_ppl_sem']:.2f} | {H:.3f} | "
-            f"{real['real_word_rate']:.3f} | - | - |\n")
+            f"{real['real_word_rate']:.3f} | {real['mi']:.3f} | {real['name_share']:.3f} | - | - |\n")
     for r in rows:
         f.write(f"| {r['seed']} | {r['model']} | {r['label']} | {r['gen_ppl']:.2f} ± {r['gen_ppl_sem']:.2f} | {r['entropy']:.3f} | "
-                f"{r['real_word_rate']:.3f} | {r['forwards']:.0f} | {r['seconds']:.1f} |\n")
+                f"{r['real_word_rate']:.3f} | {r['mi']:.3f} | {r['name_share']:.3f} | {r['forwards']:.0f} | {r['seconds']:.1f} |\n")
 print(open(results[1]).read())
 
 if plt is not None:
     colors = {('baseline', 'draft'): 'C3', ('did', 'draft'): 'C0', ('did', 'draft + refine'): 'C0',
-              ('small', 'draft'): 'C2', ('small', 'draft + refine'): 'C2'}
-    fig, axes = plt.subplots(len(seeds), 2, figsize=(11, 4.2 * len(seeds)), squeeze=False, sharey=True)
+              ('small', 'draft'): 'C2', ('small', 'draft + refine'): 'C2', ('ar', 'sample'): 'C4'}
+    fig, axes = plt.subplots(len(seeds), len(orders), figsize=(5.5 * len(orders), 4.2 * len(seeds)), squeeze=False, sharey=True)
     for i, seed in enumerate(seeds):
-        for j, order in enumerate(('random', 'confidence')):
+        for j, order in enumerate(orders):
             ax = axes[i][j]
             for s, role, name, o in curves:
                 if (s, o) != (seed, order):
                     continue
                 pts = [find(seed, role, f'{name}, {order} order, T={T:g}') for T in temperatures[order]]
                 ax.errorbar([p['entropy'] for p in pts], [p['gen_ppl'] for p in pts], yerr=[p['gen_ppl_sem'] for p in pts],
-                            color=colors[role, name], ls='-' if 'refine' in name else '--', marker='o', ms=3, capsize=2,
+                            color=colors[role, name], ls='-' if name != 'draft' else '--', marker='o', ms=3, capsize=2,
                             label=curve_name(role, name, order).replace(f', {order} order', ''))
             ax.errorbar([H], [real['gen_ppl']], yerr=[real['gen_ppl_sem']], color='k', marker='*', ms=10, label='real text')
             ax.axvline(H, color='gray', ls=':', lw=1)
             ax.set_yscale('log')
             ax.set_title(f'seed {seed}, {order} order (temperatures {temperatures[order][0]}–{temperatures[order][-1]})', fontsize=9)
-            ax.set_xlabel('entropy of a sample (nats/char; higher is more varied)')
+            ax.set_xlabel(f'entropy of a sample (nats/{unit}; higher is more varied)')
             if j == 0:
                 ax.set_ylabel('Gen PPL under the AR judge (lower is better)')
             ax.legend(fontsize=7)
-    fig.suptitle(f'Gen PPL against entropy: DiD at toy scale ({n_layer}x{n_embd}, L={seq_len}, characters, '
+    fig.suptitle(f'Gen PPL against entropy: DiD at toy scale ({n_layer}x{n_embd}, L={seq_len}, {unit}s, '
                  f'{os.path.basename(os.path.dirname(files[0]) if len(files) > 1 else files[0])}); dotted: real text\'s entropy', fontsize=10)
     fig.tight_layout()
     fig.savefig(results[2], dpi=130)
@@ -476,7 +531,7 @@ if plt is not None:
     for r in rows:
         if r['temperature'] == 1.0 and r['order'] == 'random':
             ax.errorbar(r['seconds'], r['gen_ppl'], yerr=r['gen_ppl_sem'], fmt='o', ms=4,
-                        color={'baseline': 'C3', 'did': 'C0', 'small': 'C2', 'did_equal': 'C1'}[r['model']])
+                        color={'baseline': 'C3', 'did': 'C0', 'small': 'C2', 'did_equal': 'C1', 'ar': 'C4'}[r['model']])
             ax.annotate(f"{r['model']} {r['label'].split(', random')[0]} s{r['seed']}", (r['seconds'], r['gen_ppl']), fontsize=5)
     ax.axhline(real['gen_ppl'], color='gray', ls=':', lw=1)
     ax.set_xlabel(f'wall time for {num_samples} samples (s)')

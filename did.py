@@ -501,6 +501,24 @@ def generate(model, prompt, seeds, stages=None, remask='snapshot', top_p=0.9, te
     return diffuse(model, x, x != mask_id, seeds, stages, remask, top_p, temperature, nucleus, use_cache, hook)
 
 
+@torch.no_grad()
+def generate_ar(model, prompt, seeds, top_p=0.9, temperature=1.0, nucleus='standard'):
+    """The AR baseline's sampler, for a model trained with causal=True: seq_len tokens left to right, one forward
+    per token over the whole prefix (no cache: this is the reference row, not a fast path), each drawn as the
+    diffusion samplers draw (sample_tokens, one generator per seed). Returns tokens (B, L) and conf (B, L)."""
+    L, mask_id = model.config.seq_len, model.config.mask_id
+    device = model.lm_head.weight.device
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    x = torch.full((len(seeds), L), mask_id, dtype=torch.long, device=device)
+    x[:, :len(prompt)] = torch.tensor(prompt, dtype=torch.long, device=device)
+    conf = torch.ones(x.shape, device=device)
+    for i in range(len(prompt), L):
+        h = model.hidden(x[:, :i], torch.arange(i, device=device), is_causal=True)  # (B, i, C)
+        u = torch.stack([torch.rand(1, generator=g) for g in gens]).flatten().to(device)
+        x[:, i], conf[:, i] = sample_tokens(model.logits(h[:, -1])[:, :mask_id], u, top_p, temperature, nucleus)
+    return dict(tokens=x, conf=conf)
+
+
 def diffuse(model, x, fixed, seeds, stages, remask='snapshot', top_p=0.9, temperature=1.0, nucleus='standard',
             use_cache=True, hook=None):
     """The stages of generate on a given x (B, T): the first denoises every MASK, each later one remasks gamma of

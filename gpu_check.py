@@ -1,7 +1,7 @@
 """
 The first minutes on a GPU: every number this repository has not measured yet, from one command, into one JSON.
 
-$ python gpu_check.py                      # one CUDA GPU (H100 / H200), about 5 minutes: gpu_check.json
+$ python gpu_check.py                      # one CUDA GPU (H100 / H200), under 10 minutes: gpu_check.json
 $ python gpu_check.py --smoke=True         # any machine, seconds: the same steps at a toy shape (the tests run it)
 
 1. bench.py at the paper's shape (BD3-LM small: 12 x 768, L=1024, GPT-2 vocabulary, batch 16): training step time,
@@ -11,6 +11,8 @@ $ python gpu_check.py --smoke=True         # any machine, seconds: the same step
 2. torchrun --nproc_per_node=1 train.py config/train_did_owt.py on synthetic tokens (a sparse Markov chain over
    1,000 GPT-2 ids: learnable, so the loss must fall) for `steps` iterations; then the same run stopped halfway
    and resumed, whose losses after the resume must equal the uninterrupted run's.
+3. train.py config/train_tinystories_gpu.py (the quick start's recipe at GPT-2 small's size, compact vocabulary) on
+   the same synthetic tokens for `steps` iterations: its tokens/s and MFU, so its README line can give a time.
 """
 
 import json
@@ -102,6 +104,24 @@ results['train'] = dict(steps=steps, seconds=seconds, first_loss=first, last_los
                         tok_per_s=float(speed[0].replace(',', '')), mfu=float(speed[1]) / 100 if speed[1] else None,
                         resumed_iterations=sorted(resumed), resume_max_abs_diff=diff, resume_exact=diff == 0.0,
                         losses=straight)
+
+# 3. the TinyStories GPU recipe's speed (its vocabulary: the ~10.6K ids of prepare_owt.py --compact)
+ts = os.path.join(work_dir, 'data', 'synthetic_ts')
+os.makedirs(ts, exist_ok=True)
+ids[:n * 9 // 10].tofile(os.path.join(ts, 'train.bin'))
+ids[n * 9 // 10:].tofile(os.path.join(ts, 'val.bin'))
+json.dump(dict(tokenizer='gpt2', vocab_size=10558, eot=0, ids=list(range(10558))), open(os.path.join(ts, 'meta.json'), 'w'))
+ts_args = ['--dataset=synthetic_ts', '--eval_iters=1', '--log_interval=10', f'--eval_interval={steps}', '--overwrite=True',
+           f'--max_iters={steps}', '--out_dir=tinystories']
+if smoke:
+    ts_args += ['--n_layer=1', '--n_head=2', '--n_embd=32', '--seq_len=32', '--block_mix={4: 0.9, 32: 0.1}',
+                '--eval_block_sizes=[4, 32]', '--batch_size=4', '--total_batch_size=128', '--log_interval=1']
+t0 = time.time()
+log = run([sys.executable, os.path.join(here, 'train.py'), os.path.join(here, 'config', 'train_tinystories_gpu.py'), *ts_args],
+          cwd=work_dir)
+speed = re.findall(r'([\d,]+) tok/s(?:, mfu ([\d.]+)%)?', log)[-1]
+results['tinystories_gpu'] = dict(steps=steps, seconds=time.time() - t0, tok_per_s=float(speed[0].replace(',', '')),
+                                  mfu=float(speed[1]) / 100 if speed[1] else None)
 results['seconds'] = time.time() - t_start
 json.dump(results, open(out, 'w'), indent=1)
 b, tr = results['bench'], results['train']

@@ -72,6 +72,62 @@ def real_word_rate(text, vocab):
     return sum(x in vocab for x in w) / len(w) if w else float('nan')
 
 
+# -----------------------------------------------------------------------------
+# global coherence: does a sample's second half belong with its own first half? (Gen PPL is mostly local)
+
+@torch.no_grad()
+def halves_nll(logits_fn, first, second, eos):
+    """Mean NLL per token (nats) of `second` (ids) after the context `first` (ids) under a causal judge; targets
+    equal to eos are left out, as in Gen PPL. NaN when nothing is scored."""
+    ids = torch.as_tensor(list(first) + list(second))
+    logp = F.log_softmax(logits_fn(ids).double(), dim=-1)  # (T, V)
+    tgt = ids[len(first):].to(logp.device)
+    lp = logp[len(first) - 1:-1].gather(-1, tgt[:, None]).squeeze(-1)
+    keep = tgt != eos
+    return -lp[keep].mean().item() if keep.any() else float('nan')
+
+
+def halves_mi(logits_fn, samples, eos):
+    """The judge's mutual information between each sample's halves, in nats per token: NLL of the second half
+    after another sample's first half (sample i's second half after sample i+1's first, a fixed pairing) minus
+    its NLL after its own first half. Near 0 when the halves are unrelated (what a writer who loses the thread
+    produces), higher the more the second half follows from the first. samples: lists of judge ids, each
+    starting with eos. Returns the per-sample values (NaN where a half scores nothing)."""
+    halves = [(s[:len(s) // 2], s[len(s) // 2:]) for s in samples]
+    out = []
+    for i, (a, b) in enumerate(halves):
+        other = [eos] + list(halves[(i + 1) % len(halves)][0])[1:]  # the other's first half, from the same start token
+        out.append(halves_nll(logits_fn, other, b, eos) - halves_nll(logits_fn, a, b, eos))
+    return out
+
+
+NOT_NAMES = {'I', 'The', 'A', 'An', 'He', 'She', 'It', 'They', 'We', 'You', 'His', 'Her', 'My', 'One', 'Once', 'Then',
+             'When', 'But', 'And', 'So', 'Mom', 'Dad', 'Mommy', 'Daddy'}
+
+
+def names(text, anywhere=False):
+    """The character names of a text: capitalized words inside a sentence (after a word, not after . ! ? or a
+    quote opening a sentence), minus pronouns and the like; anywhere=True counts sentence-initial ones too."""
+    found = set()
+    for m in re.finditer(r"[A-Z][a-z]+", text):
+        raw = text[:m.start()].rstrip()
+        before = raw.rstrip('"\'\u201c')
+        starts = not before or before[-1] in '.!?:' or raw.endswith(('"', '\u201c')) or text[:m.start()].endswith('\n')
+        if (anywhere or not starts) and m.group() not in NOT_NAMES:
+            found.add(m.group())
+    return found
+
+
+def name_share(text):
+    """The share of the names used inside sentences of text's second half (split at the middle word) that the
+    first half already used anywhere: how often the story keeps its characters. NaN when the second half names
+    nobody."""
+    mid = text.find(' ', len(text) // 2)
+    mid = len(text) // 2 if mid < 0 else mid
+    later = names(text[mid:])
+    return len(later & names(text[:mid], anywhere=True)) / len(later) if later else float('nan')
+
+
 def clean_up_tokenization(text):
     """The whitespace clean-up of Hugging Face's batch_decode (transformers <= 4.44 applied it by default,
     clean_up_tokenization_spaces=True; BD3-LM's paper code pinned 4.38.2): our GPT-2 samples are decoded
@@ -111,7 +167,8 @@ class Judge:
                 raise ValueError(f"judge {name} is not a causal model: train one with train.py --causal=True")
             self.model = ema_model(ckpt, device)
             tok, self.meta = Tokenizer(ckpt['meta']), ckpt['meta']
-            self.eos, self.ctx_len, self.encode = tok.eot, self.model.config.seq_len, tok.encode
+            self.eos, self.ctx_len = tok.eot, self.model.config.seq_len
+            self.encode = lambda text: tok.encode(text, strict=False)  # a sample's rare re-tokenization: bytes
             self.logits = lambda ids: self.model.logits(self.model.hidden(
                 ids[None].to(device), torch.arange(len(ids), device=device), is_causal=True))[0, :, :tok.vocab_size]
 
@@ -120,8 +177,17 @@ class Judge:
         """BD3-LM's protocol on decoded samples: clean up the whitespace as its batch_decode did (Hugging Face
         judges), re-encode with the judge's tokenizer, truncate to max_len tokens (the sampler's L), score.
         Returns gen_ppl's (mean, std, token-weighted, per-sample) and the unigram entropy of each sample's ids."""
-        ids = [self.encode(clean_up_tokenization(t) if self.hf else t)[:max_len] for t in texts]
+        ids = self.ids(texts, max_len)
         return gen_ppl(self.logits, ids, self.eos, self.ctx_len), [unigram_entropy(s) for s in ids]
+
+    def ids(self, texts, max_len):
+        return [self.encode(clean_up_tokenization(t) if self.hf else t)[:max_len] for t in texts]
+
+    @torch.no_grad()
+    def coherence(self, texts, max_len):
+        """Per-sample global coherence: halves_mi under this judge (nats/token) and name_share of the text."""
+        ids = [[self.eos] + s for s in self.ids([t.removeprefix('<|endoftext|>') for t in texts], max_len - 1)]
+        return halves_mi(self.logits, ids, self.eos), [name_share(t) for t in texts]
 
 
 def load_run(model_dir, judge_path, data_dir, device='cpu'):
@@ -142,32 +208,34 @@ def load_run(model_dir, judge_path, data_dir, device='cpu'):
 # -----------------------------------------------------------------------------
 # Gen PPL at a matched entropy: a sampler's frontier (one point per temperature), read off at one entropy
 
-def at_entropy(curve, target, idx=None):
+def at_entropy(curve, target, idx=None, key='gen_ppls', log=True):
     """Gen PPL of one sampler at mean unigram entropy `target`. curve: its rows in temperature order, each with
     the per-sample 'entropies' and 'gen_ppls' of the same samples (sample i has the same seed in every row).
     Each row is a point (mean entropy, mean Gen PPL); between the two neighbouring temperatures whose entropies
     bracket the target, log Gen PPL is interpolated linearly in entropy. target: an entropy, or a row whose mean
     entropy it is (then averaged over the same samples idx). idx: the samples to average over (a bootstrap draw;
-    default all). NaN when no pair of neighbours brackets the target: the sweep missed it."""
+    default all). key: another per-sample measure in place of Gen PPL, e.g. 'mis' (log=False: interpolated as it
+    is, not its log). NaN when no pair of neighbours brackets the target: the sweep missed it."""
     def mean(r, key, agg=np.mean):
         v = np.asarray(r[key], float)
         return agg(v if idx is None else v[idx])
     h = mean(target, 'entropies') if isinstance(target, dict) else target
-    pts = [(mean(r, 'entropies'), math.log(mean(r, 'gen_ppls', np.nanmean))) for r in curve]
+    f, inv = (math.log, math.exp) if log else (float, float)
+    pts = [(mean(r, 'entropies'), f(mean(r, key, np.nanmean))) for r in curve]
     for (h0, g0), (h1, g1) in zip(pts, pts[1:]):
         if min(h0, h1) <= h <= max(h0, h1) and h0 != h1:
-            return math.exp(g0 + (h - h0) / (h1 - h0) * (g1 - g0))
+            return inv(g0 + (h - h0) / (h1 - h0) * (g1 - g0))
     return float('nan')
 
 
-def matched_entropy(curves, target, n_boot=1000, seed=0):
+def matched_entropy(curves, target, n_boot=1000, seed=0, key='gen_ppls', log=True):
     """at_entropy for every sampler in curves {name: rows}, with a bootstrap over samples: each draw resamples the
     sample indices once, the same for every curve (they share sample seeds) and for a target row, so the draws of
     two curves give paired differences. Returns {name: estimate} and {name: draws (n_boot,)}; s.e. = boot_se(draws)."""
     n = len(next(iter(curves.values()))[0]['entropies'])
     idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
-    est = {k: at_entropy(c, target) for k, c in curves.items()}
-    draws = {k: np.array([at_entropy(c, target, i) for i in idx]) for k, c in curves.items()}
+    est = {k: at_entropy(c, target, None, key, log) for k, c in curves.items()}
+    draws = {k: np.array([at_entropy(c, target, i, key, log) for i in idx]) for k, c in curves.items()}
     return est, draws
 
 

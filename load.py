@@ -138,23 +138,50 @@ def gpt2_encoding():
 
 class Tokenizer:
     """GPT-2 BPE (tiktoken) or characters, as written by prepare_owt.py into meta.json. eot is the document
-    separator <|endoftext|> (50256 for GPT-2), also the default one-token prompt."""
+    separator <|endoftext|> (50256 for GPT-2), also the default one-token prompt. A compact GPT-2 vocabulary
+    (prepare_owt.py --compact) keeps only the ids its text uses: meta['ids'][i] is the GPT-2 id of our id i, so
+    text decodes exactly as GPT-2's would, and a model has no rows for ids its data never had."""
 
     def __init__(self, meta):
         self.kind, self.eot, self.vocab_size = meta['tokenizer'], meta['eot'], meta['vocab_size']
+        self.ids = meta.get('ids')  # compact GPT-2: our id -> GPT-2 id
         if self.kind == 'gpt2':
             self.enc = gpt2_encoding()
+            if self.ids is not None:
+                self.ours = {g: i for i, g in enumerate(self.ids)}
         else:
             self.chars = meta['chars']
             self.stoi = {c: i for i, c in enumerate(self.chars)}
 
-    def encode(self, text):
-        """Plain text -> ids; a literal "<|endoftext|>" in the text becomes the eot token."""
-        pieces = [self.enc.encode_ordinary(p) if self.kind == 'gpt2' else [self.stoi[c] for c in p]
-                  for p in text.split('<|endoftext|>')]
+    def encode(self, text, strict=True):
+        """Plain text -> ids; a literal "<|endoftext|>" in the text becomes the eot token. A token the vocabulary
+        lacks is a ValueError naming it; with strict=False (the judge re-encoding samples) it is spelled with the
+        single-byte tokens instead, and left out where even those are missing."""
+        pieces = [self._encode(p, strict) for p in text.split('<|endoftext|>')]
         return sum((([self.eot] if i else []) + p for i, p in enumerate(pieces)), [])
+
+    def _encode(self, text, strict):
+        if self.kind != 'gpt2':
+            for c in text:
+                if c not in self.stoi:
+                    raise ValueError(f"the character {c!r} is not in this model's vocabulary (its training text never had it)")
+            return [self.stoi[c] for c in text]
+        ids = self.enc.encode_ordinary(text)
+        if self.ids is None:
+            return ids
+        out = []
+        for g in ids:
+            if g in self.ours:
+                out.append(self.ours[g])
+            elif strict:
+                raise ValueError(f"the word {self.enc.decode([g])!r} (GPT-2 token {g}) is not in this model's vocabulary "
+                                 f"(its training text never used it): rephrase without it")
+            else:
+                single = (self.enc.encode_single_token(bytes([b])) for b in self.enc.decode_single_token_bytes(g))
+                out += [self.ours[b] for b in single if b in self.ours]
+        return out
 
     def decode(self, ids):
         if self.kind == 'gpt2':
-            return self.enc.decode(list(ids))
+            return self.enc.decode([self.ids[i] for i in ids] if self.ids is not None else list(ids))
         return ''.join(self.chars[i] if i < len(self.chars) else '<|endoftext|>' for i in ids)

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from configurator import check_device, configure, fail, guard
-from did import Stage, check_long, check_sampling, generate, generate_long, infill as fill_holes
+from did import Stage, check_long, check_sampling, generate, generate_ar, generate_long, infill as fill_holes
 from judge import Judge, real_word_rate, unigram_entropy, words
 from load import Tokenizer, ema_model, load_checkpoint
 from replay import write_html
@@ -148,8 +148,10 @@ if html and max_len:
 check_device(device, dtype)
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 checkpoint = guard(load_checkpoint, ckpt_path, device)
-if checkpoint['config'].get('causal'):
-    fail(f"{ckpt_path} is a causal (AR) model; sample.py samples diffusion models")
+causal = checkpoint['config'].get('causal', False)  # an AR model (train.py --causal=True): left to right, no stages
+if causal and (infill or max_len or html or min_entropy):
+    fail(f"{ckpt_path} is a causal (AR) model: it samples {checkpoint['model_args']['seq_len']} tokens left to right; "
+         f"drop --infill, --max_len, --html and --min_entropy")
 tok = guard(Tokenizer, checkpoint['meta'])
 L, mask_id = checkpoint['model_args']['seq_len'], checkpoint['model_args']['vocab_size'] - 1
 try:
@@ -161,8 +163,8 @@ try:
         if len(ids) > L:
             fail(f"--infill is {len(ids)} tokens with its holes, more than the model's seq_len={L}: shorten it")
     prompt_ids = [tok.eot] + (tok.encode(prompt) if prompt else [])
-except KeyError as e:
-    fail(f"the {'infill text' if infill else 'prompt'} has a character {e} that is not in this model's vocabulary")
+except ValueError as e:  # a character or word the model's vocabulary lacks
+    fail(f"the {'infill text' if infill else 'prompt'}: {e}")
 T = len(ids) if infill else L  # the length the stages work on ("L" in --stages)
 stage_list = parse_stages(stages, T)
 try:
@@ -236,6 +238,11 @@ def hook(event, stage, data):
 def run(seeds):
     """Sample these seeds: one record per sequence."""
     with ctx:
+        if causal:  # the AR baseline: one token per forward, nothing to refine
+            res = generate_ar(model, prompt_ids, seeds, top_p, temperature, nucleus)
+            return [dict(seed=s, tokens=t, text=tok.decode(t), conf=[round(c, 5) for c in res['conf'][i].tolist()], remasked=[],
+                         changed=[], draft=t, forwards=L - len(prompt_ids), token_forwards=sum(range(len(prompt_ids), L)),
+                         stage_forwards=[]) for i, (s, t) in enumerate(zip(seeds, res['tokens'].tolist()))]
         if max_len:
             res = generate_long(model, prompt_ids, seeds, max_len, stage_list, tok.eot if stop_at_eos else None, remask,
                                 top_p, temperature, nucleus, hook=hook)
@@ -263,7 +270,7 @@ def show_sample(n, r):
     key = "yellow" if color else "{braces}"
     if infill:
         print(f"filled holes in {key}, refined and changed in {'green' if color else '[brackets]'}:")
-    elif len(stage_list) > 1:
+    elif len(stage_list) > 1 and not causal:
         print(f"draft, remasked tokens in {key}:\n{highlight(tok, r['draft'], [j in rem for j in range(len(ids))], [False] * len(ids), color)}")
         print(f"\nrefined, changed tokens in {'green' if color else '[brackets]'} ({len(r['changed'])} of {len(rem)} remasked changed):")
     changed = set(r['changed']) - set(r.get('filled', []))
@@ -313,7 +320,7 @@ elif not show and not eval:
     for i, s in enumerate(samples):
         print(f"\n--- sample {i}\n{s['text']}")
 n_gen = sum(len(s['tokens']) for s in samples) - num_samples * (1 if infill else len(prompt_ids))
-for k, stg in enumerate(stage_list if not max_len else []):
+for k, stg in enumerate(stage_list if not (max_len or causal) else []):
     st = {key: sum(s['stage_forwards'][k][key] for s in samples) / num_samples for key in ('nfe', 'cache_passes', 'token_forwards')}
     print(f"stage B={stg.block_size} gamma={stg.gamma}: {st['nfe']:.1f} denoising forwards + {st['cache_passes']:.0f} cache "
           f"writes per sample, {st['token_forwards']:,.0f} token-forwards per sample")
@@ -339,20 +346,22 @@ if vocab is not None:  # the share of each sample's words (lowercased runs of le
 
 if eval:  # BD3-LM's protocol: decode, re-encode with the judge's tokenizer, score
     (mean, std, weighted, per), ents = jd.score([s['text'] for s in samples], max_len or L)
+    mis, shares = jd.coherence([s['text'] for s in samples], max_len or L)  # global coherence (judge.py)
+    mi, share = (statistics.fmean([x for x in v if x == x] or [float('nan')]) for v in (mis, shares))
     ent = sum(ents) / len(ents)
     n_ok = sum(p == p for p in per)  # NaN: a sample with nothing to score
     sem = std / n_ok ** 0.5 if n_ok else float('nan')
     nfe = sum(s.get('forwards', 0) for s in samples) / num_samples
     tf = sum(s.get('token_forwards', 0) for s in samples) / num_samples
     gammas = ','.join(f"{stg.gamma}" for stg in stage_list[1:]) or '-'
-    print("| stages | remask | gamma | Gen PPL (mean ± s.e.) | token-weighted | entropy | real words | forwards | token-forwards | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {stages} | {remask if len(stage_list) > 1 else '-'} | {gammas} | {mean:.2f} ± {sem:.2f} | {weighted:.2f} | "
-          f"{ent:.3f} | {rwr:.3f} | {nfe:.1f} | {tf:,.0f} | {dt:.1f} |")
+    print("| stages | remask | gamma | Gen PPL (mean ± s.e.) | token-weighted | entropy | real words | halves MI | names kept | forwards | token-forwards | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {'AR' if causal else stages} | {remask if len(stage_list) > 1 and not causal else '-'} | {'-' if causal else gammas} | "
+          f"{mean:.2f} ± {sem:.2f} | {weighted:.2f} | {ent:.3f} | {rwr:.3f} | {mi:.3f} | {share:.3f} | {nfe:.1f} | {tf:,.0f} | {dt:.1f} |")
     if n_ok < num_samples:
         print(f"{num_samples - n_ok} samples had no token to score (all EOS) and are left out of the mean, as in BD3-LM")
     print(json.dumps(dict(stages=stages, remask=remask, nucleus=nucleus, temperature=temperature, gen_ppl=mean, gen_ppl_std=std,
                           gen_ppl_sem=sem, gen_ppl_weighted=weighted, gen_ppls=per, entropy=ent, entropies=ents,
-                          real_word_rate=rwr, real_word_rates=rates, forwards=nfe, token_forwards=tf, seconds=dt, judge=judge,
+                          real_word_rate=rwr, real_word_rates=rates, mi=mi, mis=mis, name_share=share, name_shares=shares, forwards=nfe, token_forwards=tf, seconds=dt, judge=judge,
                           num_samples=num_samples, scored=n_ok, min_entropy=min_entropy,
                           redrawn=sum(s.get('redraws', 0) > 0 for s in samples))))

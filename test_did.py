@@ -572,6 +572,10 @@ def test_every_bad_input_is_one_line_and_changes_nothing(tiny_run):
         (P + ['--input', 'num.jsonl', '--tokenizer=char', '--out_dir=n2'], 'not a string'),
         (P + ['--input', 'afile', '--tokenizer=char', '--out_dir=/proc/self/n2'], 'cannot write'),
         (P + ['--input', 'afile', '--tokenizer=char', '--out_dir=n2', '--num_proc=0'], 'at least 1'),
+        (P + ['--input', 'afile', '--tokenizer=char', '--compact', '--out_dir=n2'], 'drop --compact'),
+        (P + ['--input', 'afile', '--dataset=tinystories', '--out_dir=n2'], 'give one'),
+        (P + ['--compact', '--out_dir=n2'], 'too many for all of OpenWebText'),
+        (A + ['--tokenizer=bpe'], 'use char or gpt2'), (A + ["--orders=['sideways']"], 'draft orders'),
         (Bn + ['--train_iters=0'], 'train_iters=0'), (Bn + ['--warmup=-1'], 'warmup=-1'), (Bn + ['--vocab_size=1'], 'vocab_size=1'),
         (Bn + ['--sample_batch=0'], 'sample_batch=0'), (Bn + ['--head_std=-1'], 'head_std'), (Bn + ['--long_len=30'], 'long_len=30'),
         (Bn + ['--batch_size=0'], 'batch_size=0'), (Bn + ['--dtype=float16'], 'needs CUDA'),
@@ -690,32 +694,37 @@ def test_ctrl_c_while_sampling_keeps_the_finished_samples(tiny_run):
 @pytest.mark.slow
 def test_readme_quick_start_works_word_for_word(tmp_path):
     """A new user's commands, copied from the README's quick start into a fresh copy of the repository: the
-    download is stood in for by a copy (no network here) and training is cut to 2 iterations."""
+    download is stood in for by a copy of TinyStories put where prepare_owt.py keeps it (no network here; our
+    copy from ../shared, or made-up stories in its layout), and training is cut to 2 iterations."""
+    tiktoken = pytest.importorskip('tiktoken')
+    try:
+        tiktoken.get_encoding('gpt2')
+    except Exception as e:
+        pytest.skip(f'GPT-2 BPE files unavailable offline: {e}')
     for f in os.listdir(ROOT):
         if f.endswith('.py') or f == 'config':
             (shutil.copytree if f == 'config' else shutil.copy)(os.path.join(ROOT, f), tmp_path / f)
     readme = open(os.path.join(ROOT, 'README.md')).read()
     block = re.search(r'## Quick start.*?```\n(.*?)```', readme, re.S).group(1)
     cmds = [line.split('  #')[0].strip() for line in block.splitlines() if line.strip() and not line.startswith('#')]
-    assert 'wget' in cmds[0] and '-O data/tinyshakespeare/input.txt' in cmds[0], cmds  # the download: stood in for
-    os.makedirs(tmp_path / 'data' / 'tinyshakespeare')
-    dest = tmp_path / 'data' / 'tinyshakespeare' / 'input.txt'
-    shutil.copy(SHAKESPEARE, dest) if os.path.exists(SHAKESPEARE) else synthetic_play(dest)
-    assert [c.split()[1] for c in cmds[1:]] == ['prepare_owt.py', 'train.py', 'sample.py'], cmds
-    for cmd in cmds[1:]:
+    assert [c.split()[1] for c in cmds] == ['prepare_owt.py', 'train.py', 'sample.py'], cmds
+    assert '--dataset=tinystories-valid' in cmds[0] and '--out_dir=data/tinystories' in cmds[0], cmds[0]
+    os.makedirs(tmp_path / 'data' / 'tinystories')
+    dest = tmp_path / 'data' / 'tinystories' / 'TinyStories-valid.txt'  # where prepare_owt.py downloads it
+    ours = os.path.join(SHARED, 'text', 'tinystories', 'tinystories.txt')
+    if os.path.exists(ours):
+        shutil.copy(ours, dest)
+    else:
+        names, things = ['Tim', 'Lily', 'Ben', 'Sue'], ['ball', 'cat', 'tree', 'kite']
+        dest.write_text(''.join(f"Once upon a time, there was a little kid named {names[i % 4]}. {names[i % 4]} liked the "
+                                f"{things[i // 4 % 4]}. One day, {names[i % 4]} played with it all day.\n<|endoftext|>\n"
+                                for i in range(3000)), encoding='utf-8')
+    for cmd in cmds:
         args = shlex.split(cmd) + (['--max_iters=2', '--eval_interval=2', '--eval_iters=1'] if 'train.py' in cmd else [])
         out = run_script([sys.executable, *args[1:]], cwd=tmp_path)  # the copy's scripts import the copy's modules
         assert out.returncode == 0, (cmd, out.stderr)
-    assert 'refined, changed tokens in [brackets]' in out.stdout and out.stdout.count('--- sample') == 2
-    # the section's other commands (the real-word rate of 64 samples) work too
-    section = readme[readme.index('## Quick start'):]
-    section = section[:section.index('\n## ')]
-    more = [line for b in re.findall(r'```\n(.*?)```', section, re.S)[1:] for line in b.splitlines() if line.startswith('python ')]
-    assert more, 'the quick start reports a real-word rate with a command'
-    for cmd in more:
-        args = shlex.split(cmd)[1:] + ['--num_samples=8', '--batch_size=8']  # the command as written, on fewer samples
-        out = run_script([sys.executable, *args], cwd=tmp_path)
-        assert out.returncode == 0 and 'real-word rate' in out.stdout and 'over 8 samples' in out.stdout, (cmd, out.stderr)
+    assert 'refined, changed tokens in [brackets]' in out.stdout and out.stdout.count('--- sample') == 3
+    assert 'ids' in json.load(open(tmp_path / 'data' / 'tinystories' / 'meta.json'))  # the compact vocabulary
 
 
 @pytest.mark.slow
@@ -739,6 +748,39 @@ def test_prepare_roundtrips_gpt2_with_eot_between_documents(tmp_path):
     assert ids == expected
     assert enc.decode(ids) == ''.join('<|endoftext|>' + d for d in docs)
     assert json.load(open(tmp_path / 'out' / 'meta.json'))['vocab_size'] == 50257
+
+
+@pytest.mark.slow
+def test_prepare_tinystories_layout_and_the_compact_vocabulary_round_trip(tmp_path):
+    """A file in TinyStories' layout (stories separated by <|endoftext|> lines) becomes one document per story, each
+    preceded by EOS; --compact keeps the ids the text uses, and decoding through the map is GPT-2's decode."""
+    tiktoken = pytest.importorskip('tiktoken')
+    try:
+        enc = tiktoken.get_encoding('gpt2')
+    except Exception as e:
+        pytest.skip(f'GPT-2 BPE files unavailable offline: {e}')
+    from load import Tokenizer
+    stories = ['Once upon a time, there was a cat named Tom.\nTom liked milk.', 'Lily saw a big "red" ball. She was happy!',
+               'The end.', 'Ben and Sue went to the park. They played all day, and then they went home.']
+    (tmp_path / 'ts.txt').write_text(''.join(s + '\n<|endoftext|>\n' for s in stories), encoding='utf-8')
+    run_script([sys.executable, os.path.join(ROOT, 'prepare_owt.py'), '--input=ts.txt', '--compact', '--out_dir=out',
+                '--val_frac=0.2'], cwd=tmp_path, check=True)
+    meta = json.load(open(tmp_path / 'out' / 'meta.json'))
+    ids = np.concatenate([np.fromfile(tmp_path / 'out' / f, dtype=np.uint16) for f in ('train.bin', 'val.bin')]).tolist()
+    gpt2 = sum(([50256] + enc.encode_ordinary(s) for s in stories), [])
+    assert meta['ids'] == sorted(set(gpt2)) and meta['vocab_size'] == len(meta['ids']) and meta['ids'][meta['eot']] == 50256
+    assert [meta['ids'][i] for i in ids] == gpt2  # every story a document preceded by EOS, nothing else
+    tok = Tokenizer(meta)
+    assert tok.decode(ids) == enc.decode(gpt2) == ''.join('<|endoftext|>' + s for s in stories)
+    text = 'Tom saw a big "red" ball.<|endoftext|>Lily was happy!'
+    assert tok.decode(tok.encode(text)) == text and tok.encode(text) == [meta['ids'].index(g) for g in
+                                                                         enc.encode(text, allowed_special='all')]
+    with pytest.raises(ValueError, match="the word ' zo' \(GPT-2 token 40565\) is not in this model's vocabulary"):
+        tok.encode('Tom liked zoology')  # not a word of the four stories: named in one line
+    assert tok.decode(tok.encode('Tom liked zoology', strict=False)).startswith('Tom liked')  # the judge's: bytes, or left out
+    ds = run_script([sys.executable, os.path.join(ROOT, 'prepare_owt.py'), '--input=ts.txt', '--dataset=tinystories',
+                     '--out_dir=o2'], cwd=tmp_path)
+    assert ds.returncode == 1 and 'give one' in ds.stderr and not (tmp_path / 'o2').exists()
 
 
 def test_prepare_owt_validation_has_no_eot_between_documents_as_bd3lm(tmp_path):
@@ -1130,6 +1172,27 @@ def test_infill_keeps_the_text_and_the_global_stage_sees_both_sides():
         infill(model, [5, 1, 2, 3], [0], [Stage(4)])
 
 
+def test_ar_sampler_draws_each_token_from_the_causal_model_given_the_prefix():
+    """generate_ar against a slow loop: greedy picks the argmax of the causal logits at every step; with
+    temperature 1 and no nucleus each token is the inverse-CDF draw of its row's own generator; batch invariant."""
+    from did import generate_ar, sample_tokens
+    model = tiny_model(L=16, V=12)
+    greedy = generate_ar(model, [11 - 1], [0, 1], temperature=0)['tokens']
+    for i in range(1, 16):
+        h = model.hidden(greedy[:, :i], torch.arange(i), is_causal=True)
+        assert torch.equal(greedy[:, i], model.logits(h[:, -1])[:, :11].argmax(-1))
+    res = generate_ar(model, [10], [5, 6, 7], top_p=1.0)
+    x = torch.full((1, 16), 10)
+    gen = torch.Generator().manual_seed(6)
+    for i in range(1, 16):
+        p = F.softmax(model.logits(model.hidden(x[:, :i], torch.arange(i), is_causal=True)[:, -1])[:, :11], -1)
+        u = torch.rand(1, generator=gen)
+        x[0, i] = int((p.cumsum(-1) < u * p.sum()).sum())
+        assert torch.allclose(res['conf'][1, i], p[0, x[0, i]].float(), atol=1e-6)
+    assert torch.equal(res['tokens'][1], x[0]) and (res['tokens'] < 11).all()  # never MASK
+    assert torch.equal(generate_ar(model, [10], [6], top_p=1.0)['tokens'][0], x[0])
+
+
 def test_sampler_bad_input():
     model = tiny_model()
     assert not (generate(model, [1], [0])['tokens'] == 39).any()  # the default stages fit any L (here 32)
@@ -1317,6 +1380,51 @@ def test_gpt2_judge_path_end_to_end_with_a_tiny_local_gpt2(tiny_run):
     assert ids[0][0] == 50256 and len(ids[1]) == 64
     per = [math.exp(n / c) for n, c in (sample_nll(jd.logits, torch.tensor(i), 50256, 32) for i in ids)]
     assert abs(mean - sum(per) / 2) < 1e-6 * mean
+
+
+def test_coherence_tells_real_stories_from_spliced_ones():
+    """The two global-coherence measures on real TinyStories stories and on stories spliced from two (the first
+    half of one, the second half of another): the judge's mutual information between a story's halves, and the
+    share of the second half's names that the first half introduced. The judge is a cache LM (a token's
+    probability grows with its count in the context): what a causal judge does with context, at no training cost."""
+    import judge
+    path = os.path.join(SHARED, 'text', 'tinystories', 'tinystories.txt')
+    if not os.path.exists(path):
+        pytest.skip('the TinyStories copy in ../shared is not here')
+    stories = [s.strip() for s in open(path, encoding='utf-8').read().split('<|endoftext|>') if len(s.split()) > 80][-120:]
+    n, mid = len(stories), [s.find(' ', len(s) // 2) for s in stories]
+    spliced = [stories[i][:mid[i]] + stories[(i + n // 2) % n][mid[(i + n // 2) % n]:] for i in range(n)]
+    words = lambda s: re.findall(r"\w+|[^\w\s]", s)
+    vocab = {w: i + 1 for i, w in enumerate(sorted({w for s in stories for w in words(s)}))}  # 0: the start token
+    unigram = torch.ones(len(vocab) + 1, dtype=torch.float64)
+    for s in stories:
+        for w in words(s):
+            unigram[vocab[w]] += 1
+    unigram /= unigram.sum()
+
+    def cache_lm(ids):  # (T,) -> (T, V): p(next) = (count in the context so far + 20 unigram) / (length + 20)
+        counts = F.one_hot(ids, len(unigram)).double().cumsum(0)
+        return ((counts + 20 * unigram) / (torch.arange(1, len(ids) + 1)[:, None] + 20)).log()
+
+    def measure(texts):
+        mi = np.array(judge.halves_mi(cache_lm, [[0] + [vocab[w] for w in words(t)] for t in texts], 0))
+        share = np.array([judge.name_share(t) for t in texts])
+        share = share[~np.isnan(share)]
+        return mi.mean(), mi.std() / math.sqrt(len(mi)), share.mean(), share.std() / math.sqrt(len(share))
+    mi_real, se_real, names_real, nse_real = measure(stories)
+    mi_spliced, se_spliced, names_spliced, nse_spliced = measure(spliced)
+    assert mi_real - mi_spliced > 5 * math.hypot(se_real, se_spliced) and mi_real > 2 * mi_spliced
+    assert names_real - names_spliced > 5 * math.hypot(nse_real, nse_spliced) and names_real > 0.9
+    # and the measures see nothing where there is nothing: a story against itself shifted by one
+    assert judge.halves_mi(cache_lm, [[0] + [vocab[w] for w in words(stories[0])]] * 2, 0) == [0.0, 0.0]
+
+
+def test_names_are_the_capitalized_words_inside_sentences():
+    import judge
+    text = 'Once upon a time, a girl named Lily met Tom. "Hello, Tom!" said Lily. Then Max came.\nMax waved.'
+    assert judge.names(text) == {'Lily', 'Tom', 'Max'}
+    assert judge.names(text, anywhere=True) == {'Lily', 'Tom', 'Max', 'Hello'}
+    assert judge.name_share('Lily and Tom played. Then they ate. Later Tom slept and Sam came.') == 0.5
 
 
 def test_real_word_rate_by_hand():

@@ -430,6 +430,12 @@ def save_checkpoint():
              f"left: {kept()}. Free disk space and resume")
     saved_iter = iter_num
 
+def log_eval(losses, **info):
+    """Each evaluation as one line of out_dir/log.jsonl: what other programs read (never the printed lines)."""
+    if os.path.isdir(out_dir):
+        with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
+            f.write(json.dumps({'iter': iter_num, **info, **losses}) + '\n')
+
 def kept():
     return f"{ckpt_path} holds iteration {saved_iter}" if saved_iter is not None else "no checkpoint was written"
 
@@ -438,8 +444,10 @@ attn_frac = {bs: raw_model.attention_fraction(bs) for bs in ([0] if causal else 
 
 if eval_only:
     if master_process:
-        for k, v in evaluate().items():
+        losses = evaluate()
+        for k, v in losses.items():
             print(f"{k}: {v:.4f} nats/token, perplexity <= {math.exp(v):.2f}")
+        log_eval(losses, eval_only=True, eval_iters=eval_iters)
     if ddp:
         torch.distributed.barrier()  # the others wait for rank 0: a process group torn down early aborts its peers
         destroy_process_group()
@@ -474,6 +482,7 @@ try:
             if master_process:
                 losses = evaluate()
                 print(f"step {iter_num}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+                log_eval(losses, seconds=round(time.time() - t_start, 2))  # wall time since this process began training
                 if not all(map(math.isfinite, losses.values())) or not finite_weights():
                     fail(f"the weights diverged by iteration {iter_num} (non-finite NELBO or weights); nothing saved: "
                          f"{kept()}. Try a lower --learning_rate or --dtype=float32")
