@@ -109,7 +109,8 @@ check(n_embd % n_head == 0 and (n_embd // n_head) % 2 == 0, f"--n_embd={n_embd} 
 check(isinstance(learning_rate, (int, float)) and learning_rate > 0, f"--learning_rate={learning_rate} must be positive")
 check(isinstance(warmup_iters, int) and warmup_iters >= 0, f"--warmup_iters={warmup_iters} must be an integer >= 0")
 check(0 <= ema_decay < 1 and 0 <= dropout < 1, f"--ema_decay={ema_decay} and --dropout={dropout} must lie in [0, 1)")
-check(isinstance(num_samples, int) and num_samples >= 2, f"--num_samples={num_samples} must be an integer >= 2 (standard errors)")
+check(isinstance(num_samples, int) and num_samples >= 4, f"--num_samples={num_samples} must be an integer >= 4 (standard errors, "
+      f"and the spliced windows pair each half with a window two or more away)")
 check(numbers([gamma], 0, 1), f"--gamma={gamma} must be a remask ratio in (0, 1]")
 check(numbers(gammas, 0, 1), f"--gammas={gammas} must be a list of remask ratios in (0, 1], e.g. [0.1, 0.25, 0.5]")
 check(tokenizer in ('char', 'gpt2'), f"--tokenizer={tokenizer!r}: use char or gpt2")
@@ -341,7 +342,7 @@ for k, (seed, role, label, stages, remask, order, T) in enumerate(plan, len(arms
             f'--remask={remask}', f'--order={order}', f'--temperature={T}', '--eval', f'--judge={judge_ckpt}',
             f'--seed={sample_seed}', f'--words_from={os.path.relpath(words_path, out_dir)}']
     cache, est = os.path.join(out_dir, 'rows', f'{key(folder, judge, args)}.json'), row_est(stages)
-    if not os.path.exists(cache):
+    if not os.path.exists(cache) or 'mis' not in json.load(open(cache)):  # rows scored before the coherence measures: again
         step(f"sampling seed {seed} {role} {label}", est, k, n_steps)
         t0 = time.time()
         out = run('sample.py', *args, log='sample.log')
@@ -419,9 +420,9 @@ for seed in seeds:
                     **{f'{k}': coh[k][0][role, name] for k in coh}, **{f'{k}_sem': boot_se(coh[k][1][role, name]) for k in coh})
             if ar and ('ar', 'sample') in cs:  # the share of the baseline's gap to AR that DiD closes, at this entropy
                 b, d, a = (('baseline', 'draft'), ('did', 'draft + refine'), ('ar', 'sample'))
-                share = lambda x: (x[b] - x[d]) / (x[b] - x[a])  # noqa: E731
-                diffs.append(dict(seed=seed, order=order, question='share of the baseline → AR gap that DiD + refine closes',
-                                  at=f'entropy of {at} ({h:.3f})', diff=share(est), sem=boot_se(share(draws))))
+                share = lambda x: np.where(x[b] - x[a] > 0, (x[b] - x[d]) / (x[b] - x[a]), np.nan)  # noqa: E731; no gap: NaN
+                diffs.append(dict(seed=seed, order=order, question='share of the baseline → AR gap closed by DiD + refine (a ratio)',
+                                  at=f'entropy of {at} ({h:.3f})', diff=float(share(est)), sem=boot_se(share(draws))))
             for q, a, b in [q for q in questions if q[1] in cs and q[2] in cs]:
                 diffs.append(dict(seed=seed, order=order, question=q, at=f'entropy of {at} ({h:.3f})', diff=est[a] - est[b],
                                   sem=boot_se(draws[a] - draws[b])))

@@ -87,17 +87,22 @@ def halves_nll(logits_fn, first, second, eos):
     return -lp[keep].mean().item() if keep.any() else float('nan')
 
 
-def halves_mi(logits_fn, samples, eos):
-    """The judge's mutual information between each sample's halves, in nats per token: NLL of the second half
-    after another sample's first half (sample i's second half after sample i+1's first, a fixed pairing) minus
-    its NLL after its own first half. Near 0 when the halves are unrelated (what a writer who loses the thread
-    produces), higher the more the second half follows from the first. samples: lists of judge ids, each
-    starting with eos. Returns the per-sample values (NaN where a half scores nothing)."""
-    halves = [(s[:len(s) // 2], s[len(s) // 2:]) for s in samples]
+def halves_mi(logits_fn, samples, eos, skip=16):
+    """The judge's mutual information between each sample's halves, in nats per token: the NLL of the second half
+    after another sample's first half (sample i's after sample i+1's, a fixed pairing) minus its NLL after its
+    own first half. Near 0 when the halves are unrelated (what a writer who loses the thread produces), higher
+    the more the second half follows from the first. The second half's first `skip` tokens are context in both,
+    never scored: the words at the join follow from the words just before them, which is local, not global.
+    samples: lists of judge ids, each starting with eos. Returns the per-sample values (NaN where nothing is
+    scored; all NaN for fewer than two samples, which have no other sample to pair with)."""
+    if len(samples) < 2:
+        return [float('nan')] * len(samples)
+    halves = [(list(s[:len(s) // 2]), list(s[len(s) // 2:])) for s in samples]
     out = []
     for i, (a, b) in enumerate(halves):
-        other = [eos] + list(halves[(i + 1) % len(halves)][0])[1:]  # the other's first half, from the same start token
-        out.append(halves_nll(logits_fn, other, b, eos) - halves_nll(logits_fn, a, b, eos))
+        other = [eos] + halves[(i + 1) % len(halves)][0][1:]  # the other's first half, from the same start token
+        join, rest = b[:skip], b[skip:]
+        out.append(halves_nll(logits_fn, other + join, rest, eos) - halves_nll(logits_fn, a + join, rest, eos))
     return out
 
 
@@ -112,7 +117,7 @@ def names(text, anywhere=False):
     for m in re.finditer(r"[A-Z][a-z]+", text):
         raw = text[:m.start()].rstrip()
         before = raw.rstrip('"\'\u201c')
-        starts = not before or before[-1] in '.!?:' or raw.endswith(('"', '\u201c')) or text[:m.start()].endswith('\n')
+        starts = not before or before[-1] in '.!?:>' or raw.endswith(('"', '\u201c')) or text[:m.start()].endswith('\n')
         if (anywhere or not starts) and m.group() not in NOT_NAMES:
             found.add(m.group())
     return found
@@ -186,7 +191,8 @@ class Judge:
     @torch.no_grad()
     def coherence(self, texts, max_len):
         """Per-sample global coherence: halves_mi under this judge (nats/token) and name_share of the text."""
-        ids = [[self.eos] + s for s in self.ids([t.removeprefix('<|endoftext|>') for t in texts], max_len - 1)]
+        n = min(max_len, self.ctx_len) - 1  # one pass of the judge per scoring
+        ids = [[self.eos] + s for s in self.ids([t.removeprefix('<|endoftext|>') for t in texts], n)]
         return halves_mi(self.logits, ids, self.eos), [name_share(t) for t in texts]
 
 

@@ -1415,8 +1415,14 @@ def test_coherence_tells_real_stories_from_spliced_ones():
     mi_spliced, se_spliced, names_spliced, nse_spliced = measure(spliced)
     assert mi_real - mi_spliced > 5 * math.hypot(se_real, se_spliced) and mi_real > 2 * mi_spliced
     assert names_real - names_spliced > 5 * math.hypot(nse_real, nse_spliced) and names_real > 0.9
-    # and the measures see nothing where there is nothing: a story against itself shifted by one
+    # and the measures see nothing where there is nothing: a sample paired with an identical one; and a judge that
+    # reads only the previous token (local by construction) finds no information between halves, however fluent
+    # the join: the second half's first tokens are context on both sides
     assert judge.halves_mi(cache_lm, [[0] + [vocab[w] for w in words(stories[0])]] * 2, 0) == [0.0, 0.0]
+    table = torch.randn(len(unigram), len(unigram), dtype=torch.float64).log_softmax(-1)
+    mi = judge.halves_mi(lambda ids: table[ids], [[0] + [vocab[w] for w in words(t)] for t in stories[:20]], 0)
+    assert np.allclose(mi, 0.0, atol=1e-9)
+    assert np.isnan(judge.halves_mi(cache_lm, [[0, 1, 2, 3]], 0)).all()  # one sample: nothing to pair it with
 
 
 def test_names_are_the_capitalized_words_inside_sentences():
@@ -1425,6 +1431,7 @@ def test_names_are_the_capitalized_words_inside_sentences():
     assert judge.names(text) == {'Lily', 'Tom', 'Max'}
     assert judge.names(text, anywhere=True) == {'Lily', 'Tom', 'Max', 'Hello'}
     assert judge.name_share('Lily and Tom played. Then they ate. Later Tom slept and Sam came.') == 0.5
+    assert judge.names('The end.<|endoftext|>Lily was happy with Tom.') == {'Tom'}  # a story's first word starts it
 
 
 def test_real_word_rate_by_hand():

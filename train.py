@@ -245,6 +245,8 @@ if not eval_only:
         except OSError as e:
             fail(f"cannot write to --out_dir={out_dir} ({e.strerror}): pick a folder you can write to")
         lock(out_dir)
+        if init_from != 'resume' and os.path.exists(os.path.join(out_dir, 'log.jsonl')):
+            os.remove(os.path.join(out_dir, 'log.jsonl'))  # a new run (--overwrite=True) starts a new log
 
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
