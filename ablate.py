@@ -67,6 +67,7 @@ budget_frac = 0.26              # DiD's share of F, and the block-4-only arm's (
 block_mix = 0.9                 # DiD's probability of block 4; the rest goes to the whole sequence (paper: lambda = 0.1)
 judge_iters = 2000              # the AR judge
 num_samples = 64                # samples per table row (the same sample seeds in every row)
+eval_iters = 64                 # validation batches for each model's NELBO table
 gamma = 0.25                    # the headline refine's remask ratio
 gammas = [0.1, 0.25, 0.5]       # remask ratios of the snapshot / posthoc / random rows (temperature 1)
 orders = ['random', 'confidence']  # the draft orders swept (random: BD3-LM's sampler, the paper's)
@@ -94,7 +95,7 @@ def numbers(xs, lo, hi):
                                                                  and lo < x <= hi for x in xs)
 
 
-for k in ('seq_len', 'n_layer', 'n_head', 'n_embd', 'batch_size', 'finetune_iters', 'judge_iters'):
+for k in ('seq_len', 'n_layer', 'n_head', 'n_embd', 'batch_size', 'finetune_iters', 'judge_iters', 'eval_iters'):
     check(isinstance(globals()[k], int) and globals()[k] > 0, f"--{k}={globals()[k]} must be a positive integer")
 check(pretrain_iters is None or isinstance(pretrain_iters, int) and pretrain_iters > 0,
       f"--pretrain_iters={pretrain_iters} must be a positive integer, or None for 5.7 x finetune_iters")
@@ -329,11 +330,11 @@ if train_only:
 
 nelbos = {}
 for folder in dict.fromkeys(f for ms in models.values() for f in ms.values()):
-    out = run('train.py', f'--out_dir={folder}', '--init_from=resume', '--eval_only=True', '--eval_iters=64',
+    out = run('train.py', f'--out_dir={folder}', '--init_from=resume', '--eval_only=True', f'--eval_iters={eval_iters}',
               f'--eval_block_sizes=[4, {seq_len}]')
     nelbos[folder] = {k: float(v) for k, v in re.findall(r'(val/nelbo_B\d+): ([\d.]+)', out)}
 judge_nelbo = float(re.search(r'val/nelbo_B0: ([\d.]+)', run('train.py', f'--out_dir={judge}', '--init_from=resume',
-                                                             '--eval_only=True', '--eval_iters=64')).group(1))
+                                                             '--eval_only=True', f'--eval_iters={eval_iters}')).group(1))
 os.makedirs(os.path.join(out_dir, 'rows'), exist_ok=True)
 rows = []
 for k, (seed, role, label, stages, remask, order, T) in enumerate(plan, len(arms) + 1):
@@ -453,7 +454,7 @@ paired(find(s0, 'did_equal', 'draft + refine, random order, T=1'), find(s0, 'did
 
 settings = {k: globals()[k] for k in ('tokenizer', 'orders', 'ar', 'seq_len', 'n_layer', 'n_head', 'n_embd', 'dropout', 'batch_size', 'learning_rate',
                                        'warmup_iters', 'decay_lr', 'ema_decay', 'finetune_iters', 'budget_frac', 'block_mix',
-                                       'judge_iters', 'num_samples', 'gamma', 'gammas', 'temperatures', 'seeds', 'sample_seed')}
+                                       'judge_iters', 'num_samples', 'eval_iters', 'gamma', 'gammas', 'temperatures', 'seeds', 'sample_seed')}
 settings.update(text=[os.path.relpath(f, here) for f in files], pretrain_iters=P,
                 arms={role: it for role, _, it, *_ in arms})
 json.dump(dict(settings=settings, models=models, nelbo=nelbos, judge_nelbo=judge_nelbo, train_seconds=times,

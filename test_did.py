@@ -775,7 +775,7 @@ def test_prepare_tinystories_layout_and_the_compact_vocabulary_round_trip(tmp_pa
     text = 'Tom saw a big "red" ball.<|endoftext|>Lily was happy!'
     assert tok.decode(tok.encode(text)) == text and tok.encode(text) == [meta['ids'].index(g) for g in
                                                                          enc.encode(text, allowed_special='all')]
-    with pytest.raises(ValueError, match="the word ' zo' \(GPT-2 token 40565\) is not in this model's vocabulary"):
+    with pytest.raises(ValueError, match=r"the word ' zo' \(GPT-2 token 40565\) is not in this model's vocabulary"):
         tok.encode('Tom liked zoology')  # not a word of the four stories: named in one line
     assert tok.decode(tok.encode('Tom liked zoology', strict=False)).startswith('Tom liked')  # the judge's: bytes, or left out
     ds = run_script([sys.executable, os.path.join(ROOT, 'prepare_owt.py'), '--input=ts.txt', '--dataset=tinystories',

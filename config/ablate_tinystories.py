@@ -17,3 +17,5 @@ orders = ['random']             # the paper's sampler only: the budget goes to t
 temperatures = {'random': [0.8, 1.0, 1.2]}  # brackets real stories' entropy (ablation-tinystories/README.md)
 gammas = [0.25]                 # snapshot / posthoc / random at the paper's gamma only
 seeds = [1337]                  # one training seed fits ~2 hours here; add 1338 for the second (another ~35 min)
+num_samples = 48                # per row (the character protocol: 64)
+eval_iters = 16                 # validation batches per NELBO (the character protocol: 64)
