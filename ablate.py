@@ -2,7 +2,7 @@
 The paper's protocol at toy scale, in one command, with the paper's proportions: on characters, or on GPT-2 tokens.
 
 $ python ablate.py                                               # Tiny Shakespeare as characters (downloaded into data/ once)
-$ python ablate.py config/ablate_tinystories.py                  # TinyStories as GPT-2 tokens, with an AR row (~2 hours)
+$ python ablate.py config/ablate_tinystories.py                  # TinyStories as GPT-2 tokens, with an AR row
 $ python ablate.py --text=books/ --learning_rate=1e-3 --out_dir=out-ablation-books   # any .txt file, or a folder of them
 $ python ablate.py --out_dir=ablation --overwrite=True           # remake the committed tables
 

@@ -1,7 +1,7 @@
-# the paper's protocol at toy scale on TinyStories as GPT-2 tokens (compact vocabulary), with an AR row; ~2 hours on a 2-core CPU
+# the paper's protocol at toy scale on TinyStories as GPT-2 tokens (compact vocabulary), with an AR row
 # $ python prepare_owt.py --dataset=tinystories-valid --compact --out_dir=data/tinystories   # downloads the text once
 # $ python ablate.py config/ablate_tinystories.py
-# sizes and budgets: ablation-tinystories/README.md says how they were chosen
+# sizes and budgets: ablation-tinystories/README.md says how they were chosen (the whole command has not finished yet)
 
 text = 'data/tinystories/TinyStories-valid.txt'
 tokenizer = 'gpt2'
@@ -16,6 +16,6 @@ ar = True                       # the AR row
 orders = ['random']             # the paper's sampler only: the budget goes to training
 temperatures = {'random': [0.8, 1.0, 1.2]}  # brackets real stories' entropy (ablation-tinystories/README.md)
 gammas = [0.25]                 # snapshot / posthoc / random at the paper's gamma only
-seeds = [1337]                  # one training seed fits ~2 hours here; add 1338 for the second (another ~35 min)
+seeds = [1337]                  # one training seed, to fit about two hours; add 1338 for the second
 num_samples = 48                # per row (the character protocol: 64)
 eval_iters = 16                 # validation batches per NELBO (the character protocol: 64)
