@@ -23,11 +23,14 @@ datasets = {'full': 'tinystories_full_vocab', 'compact': 'tinystories'}  # data/
 max_iters = 150                 # each run's iterations (the same tokens for both)
 eval_interval = 50              # evaluate (16 batches, B = 4 and B = L) every this many iterations
 out = os.path.join(here, 'vocab.json')
-overwrite = False               # replace the results already at out
+overwrite = False               # replace the results already at out, and the runs out-vocab-full/-compact
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
 if os.path.exists(out) and not overwrite:
     fail(f"{out} already holds results: pass --overwrite=True to remake them, or --out=another.json")
+for kind in datasets:
+    if os.path.exists(os.path.join(f'out-vocab-{kind}', 'ckpt.pt')) and not overwrite:
+        fail(f"out-vocab-{kind} already holds a trained model: pass --overwrite=True to retrain it")
 for name in datasets.values():
     if not os.path.exists(os.path.join('data', name, 'meta.json')):
         fail(f"data/{name} not found: prepare it as this script's docstring says")
@@ -38,7 +41,7 @@ for kind, name in datasets.items():
     print(f"training on data/{name} ({kind} vocabulary) for {max_iters} iterations", flush=True)
     subprocess.run([sys.executable, os.path.join(here, '..', 'train.py'), os.path.join(here, '..', 'config', 'train_tinystories.py'),
                     f'--dataset={name}', f'--out_dir={out_dir}', f'--max_iters={max_iters}', f'--eval_interval={eval_interval}',
-                    '--overwrite=True'], check=True)
+                    *(['--overwrite=True'] if overwrite else [])], check=True)
     evals = [json.loads(line) for line in open(os.path.join(out_dir, 'log.jsonl'))]
     meta = json.load(open(os.path.join('data', name, 'meta.json')))
     runs[kind] = dict(dataset=name, vocab_size=meta['vocab_size'], evals=evals[-(max_iters // eval_interval):])
