@@ -7,7 +7,8 @@ $ python ablate.py --text=books/ --learning_rate=1e-3 --out_dir=out-ablation-boo
 $ python ablate.py --out_dir=ablation --overwrite=True           # remake the committed tables
 
 As in the paper, nobody trains DiD from scratch, and the budgets keep the paper's proportions:
-  1. pretrain one global model (block size L: MDLM) for P = 5.7 F iterations (BD3-LM's public 850K-step pretrain);
+  1. pretrain one global model (block size L: MDLM) for P = 5.7 F iterations (BD3-LM's public 850K-step pretrain;
+     --pretrain_mix > 0 mixes block 4 in, where a global-only pretrain cannot learn within the budget);
   2. from it, for each seed, fine-tune the baseline (BD3-LM: block 4 only) for F iterations (BD3-LM: 150K steps),
      DiD (mix-scale blocks) for 0.26 F (the paper's 26%), and a block-4-only model for 0.26 F (the paper's "small
      blocks only" arm: mix-scale's role at DiD's budget); for the first seed also DiD for F (an equal budget);
@@ -42,8 +43,8 @@ import urllib.request
 
 import numpy as np
 
-from configurator import configure, fail
-from judge import Judge, boot_se, matched_entropy, name_share, real_word_rate, words
+from configurator import configure, fail, guard
+from judge import Judge, boot_se, matched_entropy, real_word_rate, words
 from load import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -56,7 +57,7 @@ n_layer = 4                     # every model has this shape
 n_head = 4
 n_embd = 128
 dropout = 0.1                   # residual dropout in every run (BD3-LM's 0.1): the pretrain then transfers to B=4 (val NELBO 2.21 against 2.47; ablation/README.md)
-batch_size = 8                  # batch 8 at lr 3e-3 learned the most per CPU-second of what we tried (batch 16, lr 2e-3)
+batch_size = 8                  # batch 8 at lr 3e-3 learned the most per CPU-second (ablation/README.md)
 learning_rate = 3e-3            # every run; the Gutenberg books need 1e-3 (at 3e-3 the pretrain sat on a plateau near 3 nats/char)
 warmup_iters = 100              # the pretrain's; a fine-tune warms up for BD3-LM's 2500 steps scaled as its budget is, 2500 F / 150K
 decay_lr = True                 # cosine to lr / 10 in every run (each fine-tune warms up again from its fresh optimizer)
@@ -65,6 +66,7 @@ finetune_iters = 600            # F, the baseline's fine-tuning budget (BD3-LM: 
 pretrain_iters = None           # P; None: round(5.7 F), BD3-LM's 850K pretraining steps to its 150K fine-tuning steps
 budget_frac = 0.26              # DiD's share of F, and the block-4-only arm's (the paper: 26%)
 block_mix = 0.9                 # DiD's probability of block 4; the rest goes to the whole sequence (paper: lambda = 0.1)
+pretrain_mix = 0.0              # the pretrain's probability of block 4 (0: global only, the paper's MDLM pretrain; ablation-tinystories/README.md)
 judge_iters = 2000              # the AR judge
 num_samples = 64                # samples per table row (the same sample seeds in every row)
 eval_iters = 64                 # validation batches for each model's NELBO table
@@ -84,10 +86,9 @@ here = os.path.dirname(os.path.abspath(__file__))
 TINY_SHAKESPEARE = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 
 
-# every setting is checked before anything is trained, one line per mistake
 def check(ok, msg):
     if not ok:
-        fail(msg)
+        raise ValueError(msg)
 
 
 def numbers(xs, lo, hi):
@@ -95,39 +96,45 @@ def numbers(xs, lo, hi):
                                                                  and lo < x <= hi for x in xs)
 
 
-for k in ('seq_len', 'n_layer', 'n_head', 'n_embd', 'batch_size', 'finetune_iters', 'judge_iters', 'eval_iters'):
-    check(isinstance(globals()[k], int) and globals()[k] > 0, f"--{k}={globals()[k]} must be a positive integer")
-check(pretrain_iters is None or isinstance(pretrain_iters, int) and pretrain_iters > 0,
-      f"--pretrain_iters={pretrain_iters} must be a positive integer, or None for 5.7 x finetune_iters")
-P = round(5.7 * finetune_iters) if pretrain_iters is None else pretrain_iters
-small_iters = round(budget_frac * finetune_iters) if isinstance(budget_frac, (int, float)) else 0
-check(isinstance(budget_frac, (int, float)) and 0 < budget_frac <= 1 and small_iters >= 1,
-      f"--budget_frac={budget_frac} must be in (0, 1] and leave at least one iteration of finetune_iters={finetune_iters}")
-check(isinstance(block_mix, (int, float)) and 0 < block_mix < 1,
-      f"--block_mix={block_mix} is DiD's probability of block 4 and must lie strictly between 0 and 1 (the paper: 0.9)")
-check(seq_len % 4 == 0 and seq_len > 4, f"--seq_len={seq_len} must be a multiple of 4 (the drafting block) above 4")
-check(n_embd % n_head == 0 and (n_embd // n_head) % 2 == 0, f"--n_embd={n_embd} must split into --n_head={n_head} heads of an even size")
-check(isinstance(learning_rate, (int, float)) and learning_rate > 0, f"--learning_rate={learning_rate} must be positive")
-check(isinstance(warmup_iters, int) and warmup_iters >= 0, f"--warmup_iters={warmup_iters} must be an integer >= 0")
-check(0 <= ema_decay < 1 and 0 <= dropout < 1, f"--ema_decay={ema_decay} and --dropout={dropout} must lie in [0, 1)")
-check(isinstance(num_samples, int) and num_samples >= 4, f"--num_samples={num_samples} must be an integer >= 4 (standard errors, "
-      f"and the spliced windows pair each half with a window two or more away)")
-check(numbers([gamma], 0, 1), f"--gamma={gamma} must be a remask ratio in (0, 1]")
-check(numbers(gammas, 0, 1), f"--gammas={gammas} must be a list of remask ratios in (0, 1], e.g. [0.1, 0.25, 0.5]")
-check(tokenizer in ('char', 'gpt2'), f"--tokenizer={tokenizer!r}: use char or gpt2")
-check(isinstance(orders, (list, tuple)) and orders and set(orders) <= {'random', 'confidence'} and 'random' in orders,
-      f"--orders={orders} must list draft orders, random (the paper's) and optionally confidence")
-check(isinstance(temperatures, dict) and set(orders) <= set(temperatures) and
-      all(numbers(temperatures[o], 0, 10) and 1.0 in temperatures[o] and list(temperatures[o]) == sorted(set(temperatures[o])) for o in orders),
-      f"--temperatures={temperatures} must give each order of {orders} increasing temperatures > 0 that "
-      f"include 1 (the paper's), e.g. {{'random': [1.0, 1.2], 'confidence': [1.0, 2.0]}}")
-check(isinstance(seeds, (list, tuple)) and seeds and all(isinstance(s, int) for s in seeds) and len(set(seeds)) == len(seeds),
-      f"--seeds={seeds} must be a list of distinct integers, e.g. [1337, 1338]")
-check(isinstance(sample_seed, int), f"--sample_seed={sample_seed} must be an integer")
-check(not os.path.isfile(out_dir), f"--out_dir={out_dir} is a file: pick a folder name")
+def check_settings():
+    """Every setting, before anything is trained: one ValueError per mistake."""
+    for k in ('seq_len', 'n_layer', 'n_head', 'n_embd', 'batch_size', 'finetune_iters', 'judge_iters', 'eval_iters'):
+        check(isinstance(globals()[k], int) and globals()[k] > 0, f"--{k}={globals()[k]} must be a positive integer")
+    check(pretrain_iters is None or isinstance(pretrain_iters, int) and pretrain_iters > 0,
+          f"--pretrain_iters={pretrain_iters} must be a positive integer, or None for 5.7 x finetune_iters")
+    check(isinstance(budget_frac, (int, float)) and 0 < budget_frac <= 1 and round(budget_frac * finetune_iters) >= 1,
+          f"--budget_frac={budget_frac} must be in (0, 1] and leave at least one iteration of finetune_iters={finetune_iters}")
+    check(isinstance(pretrain_mix, (int, float)) and 0 <= pretrain_mix < 1, f"--pretrain_mix={pretrain_mix} must lie in [0, 1) (0: the paper's global pretrain)")
+    check(isinstance(block_mix, (int, float)) and 0 < block_mix < 1,
+          f"--block_mix={block_mix} is DiD's probability of block 4 and must lie strictly between 0 and 1 (the paper: 0.9)")
+    check(seq_len % 4 == 0 and seq_len > 4, f"--seq_len={seq_len} must be a multiple of 4 (the drafting block) above 4")
+    check(n_embd % n_head == 0 and (n_embd // n_head) % 2 == 0, f"--n_embd={n_embd} must split into --n_head={n_head} heads of an even size")
+    check(isinstance(learning_rate, (int, float)) and learning_rate > 0, f"--learning_rate={learning_rate} must be positive")
+    check(isinstance(warmup_iters, int) and warmup_iters >= 0, f"--warmup_iters={warmup_iters} must be an integer >= 0")
+    check(0 <= ema_decay < 1 and 0 <= dropout < 1, f"--ema_decay={ema_decay} and --dropout={dropout} must lie in [0, 1)")
+    check(isinstance(num_samples, int) and num_samples >= 4, f"--num_samples={num_samples} must be an integer >= 4 (standard errors, "
+          f"and the spliced windows pair each half with a window two or more away)")
+    check(numbers([gamma], 0, 1), f"--gamma={gamma} must be a remask ratio in (0, 1]")
+    check(numbers(gammas, 0, 1), f"--gammas={gammas} must be a list of remask ratios in (0, 1], e.g. [0.1, 0.25, 0.5]")
+    check(tokenizer in ('char', 'gpt2'), f"--tokenizer={tokenizer!r}: use char or gpt2")
+    check(isinstance(orders, (list, tuple)) and orders and set(orders) <= {'random', 'confidence'} and 'random' in orders,
+          f"--orders={orders} must list draft orders, random (the paper's) and optionally confidence")
+    check(isinstance(temperatures, dict) and set(orders) <= set(temperatures) and
+          all(numbers(temperatures[o], 0, 10) and 1.0 in temperatures[o] and list(temperatures[o]) == sorted(set(temperatures[o])) for o in orders),
+          f"--temperatures={temperatures} must give each order of {orders} increasing temperatures > 0 that "
+          f"include 1 (the paper's), e.g. {{'random': [1.0, 1.2], 'confidence': [1.0, 2.0]}}")
+    check(isinstance(seeds, (list, tuple)) and seeds and all(isinstance(s, int) for s in seeds) and len(set(seeds)) == len(seeds),
+          f"--seeds={seeds} must be a list of distinct integers, e.g. [1337, 1338]")
+    check(isinstance(sample_seed, int), f"--sample_seed={sample_seed} must be an integer")
+    check(not os.path.isfile(out_dir), f"--out_dir={out_dir} is a file: pick a folder name")
+    check(overwrite or not any(map(os.path.exists, results)),
+          f"{out_dir} already holds results: pick a new --out_dir, or pass --overwrite=True to remake them")
+
+
 results = [os.path.join(out_dir, f) for f in ('results.json', 'results.md', 'frontier.png', 'pareto.png', 'schedules.png')]
-check(overwrite or not any(map(os.path.exists, results)),
-      f"{out_dir} already holds results: pick a new --out_dir, or pass --overwrite=True to remake them")
+guard(check_settings)
+P = round(5.7 * finetune_iters) if pretrain_iters is None else pretrain_iters
+small_iters = round(budget_frac * finetune_iters)
 try:
     import matplotlib
     matplotlib.use('Agg')
@@ -151,7 +158,7 @@ if not text:
             fail(f"could not download Tiny Shakespeare ({type(e).__name__}; offline?): save {TINY_SHAKESPEARE} as "
                  f"{text}, or pass --text=FILE_OR_FOLDER")
 files = sorted(glob.glob(os.path.join(text, '*.txt'))) if os.path.isdir(text) else [text]
-check(files and all(os.path.isfile(f) for f in files), f"--text={text} is not a text file or a folder of .txt files")
+guard(check, files and all(os.path.isfile(f) for f in files), f"--text={text} is not a text file or a folder of .txt files")
 try:
     os.makedirs(out_dir, exist_ok=True)
     open(os.path.join(out_dir, '.write_test'), 'w').close()
@@ -164,6 +171,14 @@ def write_json(obj, path):
     """Whole or not at all: a Ctrl-C never leaves a half-written file that a rerun would take for a finished one."""
     json.dump(obj, open(path + '.tmp', 'w'))
     os.replace(path + '.tmp', path)
+
+
+def finished_at(folder, iters):
+    """If folder's run saved its last iteration, the seconds its log gives for it (train.py logs each evaluation
+    to log.jsonl once its checkpoint is saved); None otherwise."""
+    path = os.path.join(out_dir, folder, 'log.jsonl')
+    done = [e['seconds'] for e in map(json.loads, open(path)) if e.get('iter') == iters and 'seconds' in e] if os.path.exists(path) else []
+    return done[-1] if done else None
 
 
 def key(*parts):
@@ -185,6 +200,7 @@ def run(script, *args, log=None):
             for line in p.stdout:
                 lines.append(line)
                 f.write(line)
+                f.flush()
                 if SHOW.match(line):
                     print('    ' + line.rstrip()[:160], flush=True)
             p.wait()
@@ -231,7 +247,7 @@ except ValueError as e:
     fail(e)
 train_ids = np.fromfile(os.path.join(out_dir, 'data', dataset, 'train.bin'), dtype=np.uint16)
 val = np.fromfile(os.path.join(out_dir, 'data', dataset, 'val.bin'), dtype=np.uint16)
-check(min(len(train_ids), len(val)) > seq_len, f"--text has too little text for --seq_len={seq_len}: use more text or a smaller seq_len")
+guard(check, min(len(train_ids), len(val)) > seq_len, f"--text has too little text for --seq_len={seq_len}: use more text or a smaller seq_len")
 train_text = tok.decode(train_ids.tolist())
 vocab = set(words(train_text))  # the real words: those of the training split
 words_path = os.path.join(out_dir, 'data', dataset, 'train_words.txt')
@@ -256,7 +272,8 @@ def arm(role, seed, iters, init=None, **kw):
 
 ft_warmup = max(1, round(2500 / 150_000 * finetune_iters))
 models = {}
-pre = arm('pretrain', seeds[0], P, block_mix={seq_len: 1.0})  # one pretrain, as the paper starts from one public model
+pre = arm('pretrain', seeds[0], P, block_mix={seq_len: 1.0} if not pretrain_mix else  # one pretrain, as the paper starts from one
+          {4: pretrain_mix, seq_len: round(1 - pretrain_mix, 6)})                      # public model
 for i, seed in enumerate(seeds):
     ft = dict(warmup_iters=ft_warmup)
     models[seed] = dict(pretrain=pre, baseline=arm('baseline', seed, finetune_iters, pre, block_mix={4: 1.0}, **ft),
@@ -319,22 +336,29 @@ for k, (role, seed, iters, folder, args, init) in enumerate(arms, 1):
     else:
         step(f"training {folder} ({iters} iterations{f', from {init}' if init else ''})", est, k, n_steps)
         how = ['--init_from=resume'] if os.path.exists(ckpt) else ([f'--init_from=run:{init}'] if init else [])
-        t0 = time.time()
-        run('train.py', *[f'--{a}={v}' for a, v in args.items()], f'--out_dir={folder}', *how, log=f'{folder}.log')
-        write_json(time.time() - t0, timing)  # written last: the folder holds a finished run
+        t0, secs = time.time(), finished_at(folder, iters)
+        if secs is None:  # (a run stopped after its last checkpoint, before seconds.json, has nothing left to train)
+            run('train.py', *[f'--{a}={v}' for a, v in args.items()], f'--out_dir={folder}', *how, log=f'{folder}.log')
+        write_json(time.time() - t0 if secs is None else secs, timing)  # written last: the folder holds a finished run
         finished(est, t0)
     times[folder] = json.load(open(timing))
+write_json(times, os.path.join(out_dir, 'trained.json'))  # every run of the protocol, by folder: its training seconds
 if train_only:
-    print(f"trained, seconds: {json.dumps(times)}")
+    print(f"trained: {out_dir}/trained.json")
     sys.exit(0)
 
-nelbos = {}
-for folder in dict.fromkeys(f for ms in models.values() for f in ms.values()):
-    out = run('train.py', f'--out_dir={folder}', '--init_from=resume', '--eval_only=True', f'--eval_iters={eval_iters}',
-              f'--eval_block_sizes=[4, {seq_len}]')
-    nelbos[folder] = {k: float(v) for k, v in re.findall(r'(val/nelbo_B\d+): ([\d.]+)', out)}
-judge_nelbo = float(re.search(r'val/nelbo_B0: ([\d.]+)', run('train.py', f'--out_dir={judge}', '--init_from=resume',
-                                                             '--eval_only=True', f'--eval_iters={eval_iters}')).group(1))
+
+
+def evaluate(folder, *args):
+    """The validation NELBOs of folder's checkpoint: train.py --eval_only writes them to folder/log.jsonl."""
+    run('train.py', f'--out_dir={folder}', '--init_from=resume', '--eval_only=True', f'--eval_iters={eval_iters}', *args)
+    last = json.loads(open(os.path.join(out_dir, folder, 'log.jsonl')).readlines()[-1])
+    return {k: v for k, v in last.items() if k.startswith('val/')}
+
+
+nelbos = {folder: evaluate(folder, f'--eval_block_sizes=[4, {seq_len}]')
+          for folder in dict.fromkeys(f for ms in models.values() for f in ms.values())}
+judge_nelbo = evaluate(judge)['val/nelbo_B0']
 os.makedirs(os.path.join(out_dir, 'rows'), exist_ok=True)
 rows = []
 for k, (seed, role, label, stages, remask, order, T) in enumerate(plan, len(arms) + 1):
@@ -346,8 +370,9 @@ for k, (seed, role, label, stages, remask, order, T) in enumerate(plan, len(arms
     if not os.path.exists(cache) or 'mis' not in json.load(open(cache)):  # rows scored before the coherence measures: again
         step(f"sampling seed {seed} {role} {label}", est, k, n_steps)
         t0 = time.time()
-        out = run('sample.py', *args, log='sample.log')
-        write_json(json.loads(out.strip().splitlines()[-1]), cache)
+        if os.path.exists(cache):
+            os.remove(cache)  # a row scored before the coherence measures
+        run('sample.py', *args, f'--eval_out={os.path.relpath(cache, out_dir)}', log='sample.log')  # written whole, or not at all
         finished(est, t0)
     else:
         remaining[0] -= est
@@ -452,7 +477,7 @@ paired(find(s0, 'baseline', 'draft + refine, random order, T=1'), find(s0, 'base
 paired(find(s0, 'did_equal', 'draft + refine, random order, T=1'), find(s0, 'did_equal', 'draft, random order, T=1'),
        'DiD equal budget: refine − draft')
 
-settings = {k: globals()[k] for k in ('tokenizer', 'orders', 'ar', 'seq_len', 'n_layer', 'n_head', 'n_embd', 'dropout', 'batch_size', 'learning_rate',
+settings = {k: globals()[k] for k in ('tokenizer', 'orders', 'ar', 'pretrain_mix', 'seq_len', 'n_layer', 'n_head', 'n_embd', 'dropout', 'batch_size', 'learning_rate',
                                        'warmup_iters', 'decay_lr', 'ema_decay', 'finetune_iters', 'budget_frac', 'block_mix',
                                        'judge_iters', 'num_samples', 'eval_iters', 'gamma', 'gammas', 'temperatures', 'seeds', 'sample_seed')}
 settings.update(text=[os.path.relpath(f, here) for f in files], pretrain_iters=P,

@@ -21,7 +21,8 @@ import time
 import torch
 
 from configurator import check_device, configure
-from did import DiD, DiDConfig, Stage, add_noise, generate, peak_flops
+from did import DiD, DiDConfig, Sampling, Stage, add_noise, generate
+from mfu import attention_fraction, estimate_flops, peak_flops
 
 # -----------------------------------------------------------------------------
 shape = 'tiny'                  # 'tiny' (CPU), 'owt' (GPU) or 'smoke' (seconds)
@@ -95,7 +96,7 @@ for name, bs, clip in variants:
         if it >= warmup:
             times.append(time.perf_counter() - t0)
             head = (x_t == cfg.mask_id).sum().item() if bs else batch_size * L
-            flops += model.estimate_flops(batch_size, bs, head, model.attention_fraction(bs))
+            flops += estimate_flops(model, batch_size, bs, head, attention_fraction(model, bs))
     dt = sum(times) / len(times)
     rows[name] = dt
     mfu = f"{100 * flops / sum(times) / peak:.1f}%" if peak else '-'
@@ -125,15 +126,11 @@ if train_only:
     sys.exit(0)
 
 
-def P(block_size, gamma=1.0, **kw):  # a stage of the paper's sampler (random order) unless kw says otherwise
-    return Stage(block_size, gamma, **{'order': 'random', **kw})
-
-
 def time_generate(seq_model, n, stages, use_cache=True):
     sync()
     t0 = time.perf_counter()
     with ctx:
-        res = generate(seq_model, [0], list(range(n)), stages, 'snapshot', use_cache=use_cache)
+        res = generate(seq_model, [0], list(range(n)), Sampling(tuple(stages), nucleus='standard'), use_cache=use_cache)
     sync()
     return time.perf_counter() - t0, res
 
@@ -151,26 +148,26 @@ def row(name, n, dt, res, ref=None):
     print(f"{name:<40}{n:>6}{dt:>9.2f}{n * (L - 1) / dt:>10,.0f}{nfe:>10.0f}{rel}")
     results['sampling'][f'{name}, L={L}, batch {n}'] = dict(seconds=dt, tok_per_s=n * (L - 1) / dt, forwards=nfe,
                                                            vs_draft=dt / ref if ref else None)
-dt1, res = time_generate(model, 1, [P(4)])
+dt1, res = time_generate(model, 1, [Stage(4)])
 row('cached draft B=4', 1, dt1, res)
-dtb, res = time_generate(model, sample_batch, [P(4)])
+dtb, res = time_generate(model, sample_batch, [Stage(4)])
 row('cached draft B=4', sample_batch, dtb, res)
-dt2, res = time_generate(model, 2 * sample_batch, [P(4)])
+dt2, res = time_generate(model, 2 * sample_batch, [Stage(4)])
 row('cached draft B=4', 2 * sample_batch, dt2, res)
-dtu, res = time_generate(model, sample_batch, [P(4)], use_cache=False)
+dtu, res = time_generate(model, sample_batch, [Stage(4)], use_cache=False)
 row('uncached draft B=4', sample_batch, dtu, res)
 for gamma in (0.25, 0.5):
-    dtr, res = time_generate(model, sample_batch, [P(4), P(L, gamma)])
+    dtr, res = time_generate(model, sample_batch, [Stage(4), Stage(L, gamma)])
     row(f'draft + global refine gamma={gamma}', sample_batch, dtr, res, ref=dtb)
 print(f"batched cached draft: {(L - 1) * sample_batch / dtb:,.0f} tok/s; cached / uncached: {dtu / dtb:.1f}x")
 # sample.py's default: the confidence-order draft and a refine in 4 forwards that reuse the fixed tokens' keys/values
-dtc, res = time_generate(model, sample_batch, [P(4, order='confidence')])
+dtc, res = time_generate(model, sample_batch, [Stage(4, order='confidence')])
 row('draft, 1 token/forward (conf.)', sample_batch, dtc, res, ref=dtb)
-dtr, res = time_generate(model, sample_batch, [P(4, order='confidence'), P(L, 0.25, order='confidence', steps=4, refresh=0)])
+dtr, res = time_generate(model, sample_batch, [Stage(4, order='confidence'), Stage(L, 0.25, order='confidence', steps=4, refresh=0)])
 row("sample.py's default (conf. draft + refine)", sample_batch, dtr, res, ref=dtc)
 if schedules:  # the faster schedules (did.Stage): several tokens per forward, refines that reuse keys/values
     print(f"\nfaster schedules, batch {sample_batch} (stage options as in sample.py --stages; r = refresh):")
-    dts, res = time_generate(model, sample_batch, [P(4, steps=2, order='confidence')])
+    dts, res = time_generate(model, sample_batch, [Stage(4, steps=2, order='confidence')])
     row('draft, 2 tokens/forward (conf.)', sample_batch, dts, res, ref=dtb)
     for name, opts in (('refine r=8', dict(refresh=8)), ('refine r=inf', dict(refresh=0)),
                        ('refine r=inf, 8 steps (conf.)', dict(refresh=0, steps=8, order='confidence')),
@@ -178,13 +175,13 @@ if schedules:  # the faster schedules (did.Stage): several tokens per forward, r
                        ('refine r=inf, 2 steps (conf.)', dict(refresh=0, steps=2, order='confidence')),
                        ('refine r=inf, threshold 0.9', dict(refresh=0, threshold=0.9, order='confidence'))):
         for gamma in (0.25, 0.5):
-            dtr, res = time_generate(model, sample_batch, [P(4), P(L, gamma, **opts)])
+            dtr, res = time_generate(model, sample_batch, [Stage(4), Stage(L, gamma, **opts)])
             row(f'draft + {name} g={gamma}', sample_batch, dtr, res, ref=dtb)
     print("against the confidence-order draft (sample.py's default order):")
     for n in (2, 4):
         for gamma in (0.25, 0.5):
-            dtr, res = time_generate(model, sample_batch, [P(4, order='confidence'),
-                                                           P(L, gamma, order='confidence', steps=n, refresh=0)])
+            dtr, res = time_generate(model, sample_batch, [Stage(4, order='confidence'),
+                                                           Stage(L, gamma, order='confidence', steps=n, refresh=0)])
             row(f'conf. draft + refine r=inf {n} steps g={gamma}', sample_batch, dtr, res, ref=dtc)
 
 if not skip_long:
@@ -192,9 +189,9 @@ if not skip_long:
     long_model.load_state_dict(model.state_dict())
     L = long_len
     print(f"\ncached vs uncached draft at L={long_len}, batch 1:")
-    dtc, res = time_generate(long_model, 1, [P(4)])
+    dtc, res = time_generate(long_model, 1, [Stage(4)])
     row('cached draft B=4', 1, dtc, res)
-    dtu, res = time_generate(long_model, 1, [P(4)], use_cache=False)
+    dtu, res = time_generate(long_model, 1, [Stage(4)], use_cache=False)
     row('uncached draft B=4', 1, dtu, res)
     print(f"cached / uncached at L={long_len}: {dtu / dtc:.1f}x faster")
 save()

@@ -41,6 +41,8 @@ def configure(cfg, argv, quiet=False):
     """Apply argv's config files, then its --key=value overrides, to the script's config block cfg (its globals).
     Returns the config keys and the set of keys that argv set (so a resumed run knows what was asked for)."""
     keys = [k for k, v in cfg.items() if not k.startswith('_') and isinstance(v, SIMPLE)]
+    if {'-h', '--help'} & set(argv):
+        usage(cfg)
     given = set()
     for arg in [a for a in argv if not a.startswith('--')]:
         if not os.path.isfile(arg):
@@ -73,6 +75,18 @@ def configure(cfg, argv, quiet=False):
         cfg[key] = val
         given.add(key)
     return keys, given
+
+
+def usage(cfg):
+    """-h / --help: the script's docstring (its commands) and its config block (every setting, its default and what
+    it does), then exit."""
+    print((cfg.get('__doc__') or '').strip() + '\n')
+    lines = open(cfg['__file__']).read().splitlines() if cfg.get('__file__') else []
+    rule = [i for i, line in enumerate(lines) if line.startswith('# ----')]
+    if len(rule) >= 2:
+        print('settings (--key=value, or a config file of key = value lines):')
+        print('\n'.join(lines[rule[0] + 1:rule[1]]))
+    raise SystemExit(0)
 
 
 def check_device(device, dtype):

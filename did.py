@@ -23,8 +23,8 @@ Sections, in the paper's order:
   2. attention masks
   3. forward noise, the loss, the NELBO and BD3-LM's clipped noise schedule (training)
   4. sampling (inference): draft, remask, refine; first the exact sampler, then its faster schedules
-  5. beyond the paper's fixed length: infilling with the global stage, and text of any length
-Loading checkpoints (ours, BD3-LM's) is in load.py, scoring samples in judge.py, the scripts' settings in
+Beyond the paper's fixed length (infilling with the global stage, text of any length) is in beyond.py, loading
+checkpoints (ours, BD3-LM's) in load.py, scoring samples in judge.py, MFU in mfu.py, the scripts' settings in
 configurator.py.
 """
 
@@ -189,43 +189,6 @@ class DiD(nn.Module):
             return ar_loss(self, x0)
         return diffusion_loss(self, x0, x_t, t, block_size)
 
-    def estimate_flops(self, batch, block_size, head_tokens, attn_frac=1.0):
-        """FLOPs of one fwd+bwd over `batch` sequences trained at block_size (0: causal), counted as the hardware
-        runs them (nanoGPT's 6N + attention): 2L tokens go through the blocks for block diffusion (x_t and x_0
-        both run), L for B = L and causal; head_tokens positions in all go through the head (the masked x_t
-        positions, or every position for causal). On the dense path the last layer runs only the noisy half past
-        its keys and values (n_out in hidden); FlexAttention runs it whole. attn_frac: attention_fraction()."""
-        cfg = self.config
-        L, C = cfg.seq_len, cfg.n_embd
-        T = 2 * L if 0 < block_size < L else L
-        n_trunk = sum(p.numel() for p in self.h.parameters())
-        flops = 6 * (n_trunk * T * batch + self.lm_head.weight.numel() * head_tokens) + 12 * cfg.n_layer * C * T * T * batch * attn_frac
-        if T == 2 * L and not self.flex:  # the last layer: queries, output projection and MLP on L of the 2L tokens
-            rest = sum(p.numel() for p in self.h[-1].parameters()) - self.h[-1].attn.c_attn.weight.numel()
-            flops -= 6 * rest * L * batch + 12 * C * L * T * batch * attn_frac
-        return flops
-
-    def attention_fraction(self, block_size):
-        """The share of the T x T attention scores the kernel computes at this block size (0: causal): all of them
-        for dense SDPA with a mask, the live tiles of the FlexAttention BlockMask (live_fraction), about half for a
-        causal kernel on CUDA (the CPU's math kernel computes them all)."""
-        dev = self.lm_head.weight.device
-        if block_size == 0:
-            return 0.5 if dev.type == 'cuda' else 1.0
-        if self.flex and block_size < self.config.seq_len:
-            return live_fraction(flex_block_mask(self.config.seq_len, block_size, str(dev)))
-        return 1.0
-
-
-PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L40S': 362e12, 'A10G': 125e12, '4090': 165e12}  # bf16 dense
-
-
-def peak_flops(device):
-    """One GPU's bf16 dense peak FLOP/s, from its name (for MFU); None off CUDA or for a GPU not in the table."""
-    if not str(device).startswith('cuda'):
-        return None
-    return next((v for k, v in PEAK_FLOPS.items() if k in torch.cuda.get_device_name(device)), None)
-
 
 # -----------------------------------------------------------------------------
 # 2. attention masks (True = may attend). Built eagerly, once, and cached: under torch.compile they stay outside
@@ -272,14 +235,6 @@ def flex_block_mask(L, block_size, device='cuda'):
         qb, kb = (q % L) // block_size, (kv % L) // block_size
         return ((q0 == k0) & (qb == kb)) | (~q0 & k0 & (qb > kb)) | (q0 & k0 & (qb >= kb))
     return create_block_mask(mask_mod, None, None, 2 * L, 2 * L, device=device)
-
-
-def live_fraction(block_mask):
-    """Share of a BlockMask's tiles that FlexAttention computes (partly or fully unmasked); the rest it skips."""
-    live = block_mask.kv_num_blocks.sum() + (0 if block_mask.full_kv_num_blocks is None else block_mask.full_kv_num_blocks.sum())
-    q_tiles = -(-block_mask.seq_lengths[0] // block_mask.BLOCK_SIZE[0])
-    kv_tiles = -(-block_mask.seq_lengths[1] // block_mask.BLOCK_SIZE[1])
-    return live.item() / (q_tiles * kv_tiles)
 
 
 @lru_cache(maxsize=1)
@@ -456,56 +411,112 @@ def clipped_schedule_search(block_losses, candidates):
 # 4. sampling (the paper's section 3): draft with small blocks, KV-cached; remask the tokens the model was least sure
 # of when it wrote them; denoise them again with one global block. First the exact sampler, then its faster schedules.
 
-@dataclass
+@dataclass(frozen=True)
 class Stage:
-    """One stage of the sampler: its block size and the share gamma of the generated tokens it remasks (1.0: the
-    draft, from an all-MASK sequence), then how it reveals them. The paper's sampler: one token per forward
-    (steps=None, threshold=None) at a random masked position (order='random', BD3-LM's first-hitting sampler),
-    every forward exact (refresh=1). The faster schedules:
+    """One stage of the sampler: its block size ('L': the whole sequence) and the share gamma of the generated tokens
+    it remasks (1.0: the draft, from an all-MASK sequence), then how it reveals them. The paper's: one token per
+    forward (steps=None, threshold=None) at a random masked position (order='random', BD3-LM's first-hitting
+    sampler), every forward exact (refresh=1). The faster schedules:
       order='confidence'  draw at every masked position of the block, keep the most probable (LLaDA)
       steps=S             the block's masked positions over S forwards, several per forward
       threshold=tau       every draw at least tau probable, at least one per forward (Fast-dLLM; confidence order)
       refresh=r           global stages: the fixed tokens' keys/values recomputed every r forwards, the masked
                           positions alone run in between (dKV-Cache, dLLM-Cache); 0: only at the first forward"""
-    block_size: int
+    block_size: object
     gamma: float = 1.0
-    order: str = 'confidence'
+    order: str = 'random'
     steps: int = None
     threshold: float = None
     refresh: int = 1
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Everything a sampler is told: the stages, which generated tokens a refine remasks, and how a token is drawn.
+      remask: snapshot (the lowest snapshot confidence: the probability of the token when it was committed; DiD),
+              posthoc (the lowest probability in one forward over the finished sequence; the paper's baseline)
+              or random (uniformly random positions)
+      top_p, temperature, nucleus: the token draw (sample_tokens)
+    The defaults are the paper's sampler (Sec. 4: BD3-LM's sampler drafting with blocks of 4, then gamma = 0.25)."""
+    stages: tuple = (Stage(4), Stage('L', 0.25))
+    remask: str = 'snapshot'
+    top_p: float = 0.9
+    temperature: float = 1.0
+    nucleus: str = 'bd3lm'
+
+    def at(self, L):
+        """The stages for a sequence of L positions ('L' resolved)."""
+        return [replace(s, block_size=L if s.block_size == 'L' else s.block_size) for s in self.stages]
+
+    def draw(self, logits, u):
+        return sample_tokens(logits, u, self.top_p, self.temperature, self.nucleus)
+
+    def check(self, L, prompt_len):
+        """One ValueError per bad setting, before any work."""
+        if not self.stages or not all(isinstance(s, Stage) for s in self.stages):
+            raise ValueError(f"stages must be a list of Stage(block_size, gamma, ...), got {self.stages}")
+        stages = self.at(L)
+        if stages[0].gamma != 1.0:
+            raise ValueError(f"the first stage is the draft and must have gamma = 1 (all masked), got {stages[0]}")
+        for s in stages:
+            if not isinstance(s.block_size, int) or s.block_size <= 0 or L % s.block_size:
+                raise ValueError(f"block size {s.block_size} does not divide the sequence length {L}; use a divisor of {L}")
+            if not 0.0 <= s.gamma <= 1.0:
+                raise ValueError(f"remask ratio gamma={s.gamma} is outside [0, 1]")
+            if s.steps is not None and s.steps < 1:
+                raise ValueError(f"steps={s.steps} per block: every block needs at least one denoising step")
+            if s.order not in ('random', 'confidence'):
+                raise ValueError(f"unknown reveal order {s.order!r}; use random or confidence")
+            if s.threshold is not None and not 0 < s.threshold <= 1:
+                raise ValueError(f"confidence threshold {s.threshold} must be in (0, 1]")
+            if s.threshold is not None and (s.steps is not None or s.order != 'confidence'):
+                raise ValueError(f"a threshold stage reveals the most probable draws, as many as pass it: it takes "
+                                 f"order='confidence' and no steps, got {s}")
+            if s.refresh < 0:
+                raise ValueError(f"refresh={s.refresh}: keys and values are refreshed every r >= 1 forwards (0: at the first only)")
+            if s.refresh != 1 and s.block_size != L:
+                raise ValueError(f"refresh={s.refresh} applies to global stages (block size {L}); a block of "
+                                 f"{s.block_size} is drafted exactly with its KV cache")
+        if not 0 < prompt_len < L:
+            raise ValueError(f"prompt of {prompt_len} tokens must be between 1 and {L - 1} tokens (seq_len {L})")
+        if self.remask not in ('snapshot', 'posthoc', 'random'):
+            raise ValueError(f"unknown remask strategy {self.remask!r}; use snapshot, posthoc or random")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0 (0: greedy)")
+        if self.nucleus not in ('standard', 'bd3lm'):
+            raise ValueError(f"unknown nucleus rule {self.nucleus!r}; use standard or bd3lm")
+
+
+PAPER = Sampling()  # the paper's sampler, with which its numbers were made (the README, sample.py --paper, the tests)
+
+
 @torch.no_grad()
-def generate(model, prompt, seeds, stages=None, remask='snapshot', top_p=0.9, temperature=1.0, nucleus='standard',
-             use_cache=True, hook=None):
-    """Diffusion in Diffusion: generate len(seeds) sequences of seq_len tokens in K stages (default: draft with
-    blocks of 4, then refine 25% with one global block).
+def generate(model, prompt, seeds, sampling=PAPER, use_cache=True, hook=None):
+    """Diffusion in Diffusion: generate len(seeds) sequences of seq_len tokens in the stages of sampling (the paper's:
+    draft with blocks of 4, then remask 25% of the generated tokens and denoise them with one global block).
 
     prompt: token ids at positions 0.. (sample.py: [<|endoftext|>], as BD3-LM). Stage 1 drafts every other
-    position; each later stage remasks floor(gamma * n) of the n generated positions of each row, chosen by remask,
-    and denoises them again with its block size:
-      snapshot: the lowest snapshot confidence (the probability of the token when it was committed; DiD)
-      posthoc:  the lowest probability in one forward over the finished sequence (the paper's baseline)
-      random:   uniformly random positions
-    seeds: one per sequence; sequence i is the same whatever batch it runs in. top_p, temperature, nucleus: the
-    token draw (sample_tokens). hook(event, stage, data): told of every stage's 'remask' (the positions, (B, L) bool)
-    and every forward's 'reveal' (see denoise), for progress bars and replays. Returns a dict: tokens (B, L), conf (B, L)
-    snapshot confidences (1 on the prompt), and per stage: remasked (B, L) bool, history (B, L) tokens after the
-    stage, stats (forward counts per row)."""
+    position; each later stage remasks floor(gamma * n) of the n generated positions of each row, chosen by
+    sampling.remask, and denoises them again with its block size. seeds: one per sequence; sequence i is the same
+    whatever batch it runs in. hook(event, stage, data): told of every stage's 'remask' (the positions, (B, L) bool)
+    and every forward's 'reveal' (see denoise), for progress bars and replays. Returns a dict: tokens (B, L), conf
+    (B, L) snapshot confidences (1 on the prompt), and per stage: remasked (B, L) bool, history (B, L) tokens after
+    the stage, stats (forward counts per row)."""
     L, mask_id = model.config.seq_len, model.config.mask_id
-    stages = list(stages or [Stage(4), Stage(L, 0.25)])
-    check_sampling(stages, L, len(prompt), remask, top_p, temperature, nucleus)
+    sampling.check(L, len(prompt))
     device = model.lm_head.weight.device
     x = torch.full((len(seeds), L), mask_id, dtype=torch.long, device=device)
     x[:, :len(prompt)] = torch.tensor(prompt, dtype=torch.long, device=device)
-    return diffuse(model, x, x != mask_id, seeds, stages, remask, top_p, temperature, nucleus, use_cache, hook)
+    return diffuse(model, x, x != mask_id, seeds, sampling, use_cache, hook)
 
 
 @torch.no_grad()
-def generate_ar(model, prompt, seeds, top_p=0.9, temperature=1.0, nucleus='standard'):
+def generate_ar(model, prompt, seeds, sampling=PAPER):
     """The AR baseline's sampler, for a model trained with causal=True: seq_len tokens left to right, one forward
     per token over the whole prefix (no cache: this is the reference row, not a fast path), each drawn as the
-    diffusion samplers draw (sample_tokens, one generator per seed). Returns tokens (B, L) and conf (B, L)."""
+    diffusion samplers draw (sampling's token draw, one generator per seed). Returns tokens (B, L) and conf (B, L)."""
     L, mask_id = model.config.seq_len, model.config.mask_id
     device = model.lm_head.weight.device
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
@@ -515,26 +526,24 @@ def generate_ar(model, prompt, seeds, top_p=0.9, temperature=1.0, nucleus='stand
     for i in range(len(prompt), L):
         h = model.hidden(x[:, :i], torch.arange(i, device=device), is_causal=True)  # (B, i, C)
         u = torch.stack([torch.rand(1, generator=g) for g in gens]).flatten().to(device)
-        x[:, i], conf[:, i] = sample_tokens(model.logits(h[:, -1])[:, :mask_id], u, top_p, temperature, nucleus)
+        x[:, i], conf[:, i] = sampling.draw(model.logits(h[:, -1])[:, :mask_id], u)
     return dict(tokens=x, conf=conf)
 
 
-def diffuse(model, x, fixed, seeds, stages, remask='snapshot', top_p=0.9, temperature=1.0, nucleus='standard',
-            use_cache=True, hook=None):
+def diffuse(model, x, fixed, seeds, sampling, use_cache=True, hook=None):
     """The stages of generate on a given x (B, T): the first denoises every MASK, each later one remasks gamma of
-    the positions that are not fixed (B, T) and denoises them again. Used by generate, infill and generate_long."""
+    the positions that are not fixed (B, T) and denoises them again. Used by generate and infill."""
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]  # on the CPU: a row's draws are the same anywhere
-    draw = partial(sample_tokens, top_p=top_p, temperature=temperature, nucleus=nucleus)
     conf = torch.ones(x.shape, device=x.device, dtype=torch.promote_types(model.lm_head.weight.dtype, torch.float32))
     remasked, history, stats = [], [], []
     free = int((~fixed[0]).sum())  # positions each row may remask (every row has as many)
-    for k, stage in enumerate(stages):
-        sel = x == model.config.mask_id if k == 0 else lowest(model, x, conf, gens, math.floor(stage.gamma * free), fixed, remask)
+    for k, stage in enumerate(sampling.at(x.size(1))):
+        sel = x == model.config.mask_id if k == 0 else lowest(model, x, conf, gens, math.floor(stage.gamma * free), fixed, sampling.remask)
         x[sel] = model.config.mask_id
         remasked.append(sel)
         if hook:
             hook('remask', k, sel)
-        stats.append(denoise(model, x, conf, stage, gens, draw, use_cache, hook and (lambda e, d, k=k: hook(e, k, d))))
+        stats.append(denoise(model, x, conf, stage, gens, sampling.draw, use_cache, hook and (lambda e, d, k=k: hook(e, k, d))))
         history.append(x.clone())
     return dict(tokens=x, conf=conf, remasked=remasked, history=history, stats=stats)
 
@@ -805,156 +814,3 @@ def sample_tokens(logits, u, top_p=0.9, temperature=1.0, nucleus='standard'):
         if len(rows) == 0:
             break
     return tok, probs.gather(-1, tok[:, None]).squeeze(-1)
-
-
-def check_sampling(stages, L, prompt_len, remask, top_p, temperature, nucleus):
-    """One ValueError per bad sampling setting, before any work."""
-    if not stages or not all(isinstance(s, Stage) for s in stages):
-        raise ValueError(f"stages must be a list of Stage(block_size, gamma, ...), got {stages}")
-    if stages[0].gamma != 1.0:
-        raise ValueError(f"the first stage is the draft and must have gamma = 1 (all masked), got {stages[0]}")
-    for s in stages:
-        if s.block_size <= 0 or L % s.block_size:
-            raise ValueError(f"block size {s.block_size} does not divide the sequence length {L}; use a divisor of {L}")
-        if not 0.0 <= s.gamma <= 1.0:
-            raise ValueError(f"remask ratio gamma={s.gamma} is outside [0, 1]")
-        if s.steps is not None and s.steps < 1:
-            raise ValueError(f"steps={s.steps} per block: every block needs at least one denoising step")
-        if s.order not in ('random', 'confidence'):
-            raise ValueError(f"unknown reveal order {s.order!r}; use random or confidence")
-        if s.threshold is not None and not 0 < s.threshold <= 1:
-            raise ValueError(f"confidence threshold {s.threshold} must be in (0, 1]")
-        if s.threshold is not None and (s.steps is not None or s.order != 'confidence'):
-            raise ValueError(f"a threshold stage reveals the most probable draws, as many as pass it: it takes "
-                             f"order='confidence' and no steps, got {s}")
-        if s.refresh < 0:
-            raise ValueError(f"refresh={s.refresh}: keys and values are refreshed every r >= 1 forwards (0: at the first only)")
-        if s.refresh != 1 and s.block_size != L:
-            raise ValueError(f"refresh={s.refresh} applies to global stages (block size {L}); a block of "
-                             f"{s.block_size} is drafted exactly with its KV cache")
-    if not 0 < prompt_len < L:
-        raise ValueError(f"prompt of {prompt_len} tokens must be between 1 and {L - 1} tokens (seq_len {L})")
-    if remask not in ('snapshot', 'posthoc', 'random'):
-        raise ValueError(f"unknown remask strategy {remask!r}; use snapshot, posthoc or random")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p={top_p} must be in (0, 1]")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0: greedy)")
-    if nucleus not in ('standard', 'bd3lm'):
-        raise ValueError(f"unknown nucleus rule {nucleus!r}; use standard or bd3lm")
-
-
-# -----------------------------------------------------------------------------
-# 5. beyond the paper's fixed length: infilling with the global stage, and text of any length
-
-@torch.no_grad()
-def infill(model, ids, seeds, stages=None, remask='snapshot', top_p=0.9, temperature=1.0, nucleus='standard', hook=None):
-    """Fill the holes of ids (a list of T <= seq_len token ids, MASK at the holes; everything else is fixed). The
-    default is DiD's global stage: one block of T positions, every fixed token visible to every hole, then a refine
-    of gamma 0.25 of the filled positions. A first stage of small blocks fills the holes left to right instead,
-    each block seeing only what precedes it (how a block-diffusion draft would). Returns generate's dict."""
-    T = len(ids)
-    stages = list(stages or [Stage(T), Stage(T, 0.25)])
-    check_sampling(stages, T, 1, remask, top_p, temperature, nucleus)
-    x = torch.tensor([ids] * len(seeds), dtype=torch.long, device=model.lm_head.weight.device)
-    if not (x == model.config.mask_id).any():
-        raise ValueError("nothing to fill: ids have no MASK")
-    return diffuse(model, x, x != model.config.mask_id, seeds, stages, remask, top_p, temperature, nucleus, hook=hook)
-
-
-def check_long(stages, L, prompt_len, max_len):
-    """generate_long's own settings, one ValueError each: the draft's blocks tile the window it slides by (L/2),
-    every later stage is global, and there is room after the prompt."""
-    if max_len <= prompt_len:
-        raise ValueError(f"max_len={max_len} leaves no room after the prompt's {prompt_len} tokens: give more")
-    bs = stages[0].block_size
-    if bs == L or any(s.block_size != L for s in stages[1:]) or (L // 2) % bs:
-        raise ValueError(f"any-length sampling drafts with blocks smaller than L={L} that divide L/2 and refines with "
-                         f"block size L (e.g. stages 4:1.0,L:0.25); got block sizes {[s.block_size for s in stages]}")
-
-@torch.no_grad()
-def generate_long(model, prompt, seeds, max_len, stages=None, stop=None, remask='snapshot', top_p=0.9, temperature=1.0,
-                  nucleus='standard', hook=None):
-    """Sequences of up to max_len tokens, also beyond the training length L (BD3-LM's variable-length sampling).
-
-    The draft (stages[0], blocks of B < L) goes on block by block, and its KV cache holds a window of at most L
-    positions: when it is full, the cache is rebuilt from prompt[0] (the <|endoftext|> every training window starts
-    with) and the last L/2 - 1 tokens at positions 0..L/2-1, and the draft goes on from position L/2. Every block
-    thus sees between L/2 and L tokens of context whose keys and values are exactly those of a fresh forward (the
-    training mask's clean copy), at the rotary positions training used. A row that writes `stop` past the prompt
-    (e.g. <|endoftext|>) ends there and leaves the batch. The later stages (block size L) refine each row window by
-    window: positions [0, L), then prompt[0] + the next L - 1 tokens, and so on; a window remasks gamma of its own
-    generated tokens and sees only itself (refine_windows). Returns, per row, dict(tokens, conf, draft, remasked) as lists."""
-    L, mask_id, n_layer = model.config.seq_len, model.config.mask_id, model.config.n_layer
-    stages = list(stages or [Stage(4), Stage(L, 0.25)])
-    check_sampling(stages, L, len(prompt), remask, top_p, temperature, nucleus)
-    check_long(stages, L, len(prompt), max_len)
-    bs, W, P = stages[0].block_size, L // 2, len(prompt)
-    device = model.lm_head.weight.device
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    draw = partial(sample_tokens, top_p=top_p, temperature=temperature, nucleus=nucleus)
-    n_blocks = -(-max_len // bs)
-    x = torch.full((len(seeds), n_blocks * bs), mask_id, dtype=torch.long, device=device)
-    x[:, :P] = torch.tensor(prompt, dtype=torch.long, device=device)
-    conf = torch.ones(x.shape, device=device, dtype=torch.promote_types(model.lm_head.weight.dtype, torch.float32))
-    out = [None] * len(seeds)
-    rows, cache, off = list(range(len(seeds))), KVCache(n_layer, L), 0  # window position = position - off
-    xa, ca, ga = x.clone(), conf.clone(), list(gens)  # the rows still drafting
-    weight_t = model.lm_head.weight.t().contiguous()
-    for start in range(0, n_blocks * bs, bs):
-        if start - off + bs > L:  # the window is full: rebuild it from prompt[0] and the last W - 1 tokens
-            off, cache = start - W, KVCache(n_layer, L)
-            win = torch.cat([xa[:, :1], xa[:, start - W + 1:start]], 1)  # (B, W)
-            pos = torch.arange(W, device=device)
-            model.hidden(win, pos, attn_mask=block_causal_mask(L, bs, device)[:W, :W], cache=cache)
-            cache.advance(W)
-        pos = torch.arange(start - off, start - off + bs, device=device)
-        forward = lambda: (model.hidden(xa[:, start:start + bs], pos, cache=cache), bs)  # noqa: E731
-        fill(model, xa, ca, slice(start, start + bs), stages[0], ga, draw, forward, None, weight_t)
-        model.hidden(xa[:, start:start + bs], pos, cache=cache)  # the clean block's keys and values
-        cache.advance(bs)
-        blk = xa[:, start:start + bs]
-        pos_abs = torch.arange(start, start + bs, device=device)
-        hit = (blk == stop) & (pos_abs >= P) & (pos_abs < max_len) if stop is not None else torch.zeros_like(blk, dtype=torch.bool)
-        done = hit.any(1) | (start + bs >= max_len)
-        for j in done.nonzero().flatten().tolist():
-            end = start + int(hit[j].int().argmax()) + 1 if hit[j].any() else max_len
-            out[rows[j]] = dict(tokens=xa[j, :end].tolist(), conf=ca[j, :end].tolist(), stopped=bool(hit[j].any()))
-        if hook:
-            hook('block', 0, (start + bs, len(rows) - int(done.sum())))
-        if done.all():
-            break
-        keep = ~done  # finished rows leave the batch and cost nothing further
-        xa, ca, rows = xa[keep], ca[keep], [r for r, k in zip(rows, keep.tolist()) if k]
-        ga = [g for g, k in zip(ga, keep.tolist()) if k]
-        cache.k, cache.v = cache.k[:, keep], cache.v[:, keep]
-    for o, g in zip(out, gens):  # the refine: each window of each row on its own
-        refine_windows(model, o, prompt, stages[1:], g, remask, draw, stop)
-    return out
-
-
-def refine_windows(model, o, prompt, stages, gen, remask, draw, stop=None):
-    """generate_long's refine of one drafted row o (tokens, conf, stopped), in place: windows [0, L), then prompt[0]
-    + the next L - 1 tokens, and so on; each window remasks gamma of its own generated tokens, sees only itself,
-    and starts as a training window does. Records the draft and the remasked positions in o."""
-    L, mask_id, P = model.config.seq_len, model.config.mask_id, len(prompt)
-    o['draft'], o['remasked'], n = list(o['tokens']), [], len(o['tokens'])
-    bounds = [(0, min(L, n))] + [(a, min(a + L - 1, n)) for a in range(L, n, L - 1)]
-    weight = model.lm_head.weight  # the device and dtype of the model
-    for w, (a, b) in enumerate(bounds):
-        head = [] if w == 0 else [prompt[0]]
-        xw = torch.tensor([head + o['tokens'][a:b]], device=weight.device)
-        cw = torch.tensor([[1.0] * len(head) + o['conf'][a:b]], device=weight.device, dtype=torch.promote_types(weight.dtype, torch.float32))
-        fixed = torch.zeros_like(xw, dtype=torch.bool)
-        fixed[:, :P if w == 0 else 1] = True
-        fixed[:, -1] |= o['stopped'] and b == n  # the stop token that ended the row stays
-        for stage in stages:
-            sel = lowest(model, xw, cw, [gen], math.floor(stage.gamma * (xw.size(1) - int(fixed.sum()))), fixed, remask)
-            xw[sel] = mask_id
-            denoise(model, xw, cw, replace(stage, block_size=xw.size(1)), [gen], draw)
-            o['remasked'] += [a + j - len(head) for j in sel[0].nonzero().flatten().tolist()]
-        o['tokens'][a:b], o['conf'][a:b] = xw[0, len(head):].tolist(), cw[0, len(head):].tolist()
-    if stop is not None and stop in o['tokens'][P:-1]:  # a refine that wrote the stop token earlier ends the row there
-        end = o['tokens'].index(stop, P) + 1
-        o['tokens'], o['conf'], o['draft'] = o['tokens'][:end], o['conf'][:end], o['draft'][:end]
-        o['remasked'] = [j for j in o['remasked'] if j < end]

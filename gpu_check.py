@@ -17,7 +17,6 @@ $ python gpu_check.py --smoke=True         # any machine, seconds: the same step
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -88,22 +87,24 @@ train = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc
          os.path.join(here, 'config', 'train_did_owt.py'), *args]
 
 
-def losses(log):
-    return {int(i): float(v) for i, v in re.findall(r'iter (\d+): loss ([\d.]+)', log)}
+def log(folder):
+    """train.py's training log lines in work_dir/folder/log.jsonl, by iteration (a resume appends to them)."""
+    lines = [e for e in map(json.loads, open(os.path.join(work_dir, folder, 'log.jsonl'))) if 'loss' in e]
+    return {e['iter']: e for e in lines}
 
 
 t0 = time.time()
-log = run(train + [f'--max_iters={steps}', '--out_dir=straight'], cwd=work_dir)
-straight, seconds = losses(log), time.time() - t0
+run(train + [f'--max_iters={steps}', '--out_dir=straight'], cwd=work_dir)
+straight, seconds = log('straight'), time.time() - t0
 run(train + [f'--max_iters={steps // 2}', '--out_dir=resumed'], cwd=work_dir)
-resumed = losses(run([*train[:6], '--out_dir=resumed', '--init_from=resume', f'--max_iters={steps}'], cwd=work_dir))
-first, last = straight[min(straight)], straight[max(straight)]
-speed = re.findall(r'([\d,]+) tok/s(?:, mfu ([\d.]+)%)?', log)[-1]
-diff = max(abs(resumed[i] - straight[i]) for i in resumed)
+run([*train[:6], '--out_dir=resumed', '--init_from=resume', f'--max_iters={steps}'], cwd=work_dir)
+resumed = {i: e for i, e in log('resumed').items() if i > steps // 2}
+first, last = straight[min(straight)]['loss'], straight[max(straight)]['loss']
+diff = max(abs(e['loss'] - straight[i]['loss']) for i, e in resumed.items())
 results['train'] = dict(steps=steps, seconds=seconds, first_loss=first, last_loss=last, loss_falls=last < 0.9 * first,
-                        tok_per_s=float(speed[0].replace(',', '')), mfu=float(speed[1]) / 100 if speed[1] else None,
+                        tok_per_s=straight[max(straight)]['tok_per_s'], mfu=straight[max(straight)]['mfu'],
                         resumed_iterations=sorted(resumed), resume_max_abs_diff=diff, resume_exact=diff == 0.0,
-                        losses=straight)
+                        losses={i: e['loss'] for i, e in straight.items()})
 
 # 3. the TinyStories GPU recipe's speed (its vocabulary: the ~10.6K ids of prepare_owt.py --compact)
 ts = os.path.join(work_dir, 'data', 'synthetic_ts')
@@ -117,11 +118,11 @@ if smoke:
     ts_args += ['--n_layer=1', '--n_head=2', '--n_embd=32', '--seq_len=32', '--block_mix={4: 0.9, 32: 0.1}',
                 '--eval_block_sizes=[4, 32]', '--batch_size=4', '--total_batch_size=128', '--log_interval=1']
 t0 = time.time()
-log = run([sys.executable, os.path.join(here, 'train.py'), os.path.join(here, 'config', 'train_tinystories_gpu.py'), *ts_args],
-          cwd=work_dir)
-speed = re.findall(r'([\d,]+) tok/s(?:, mfu ([\d.]+)%)?', log)[-1]
-results['tinystories_gpu'] = dict(steps=steps, seconds=time.time() - t0, tok_per_s=float(speed[0].replace(',', '')),
-                                  mfu=float(speed[1]) / 100 if speed[1] else None)
+run([sys.executable, os.path.join(here, 'train.py'), os.path.join(here, 'config', 'train_tinystories_gpu.py'), *ts_args],
+    cwd=work_dir)
+ts_log = log('tinystories')
+speed = ts_log[max(ts_log)]  # the last log line
+results['tinystories_gpu'] = dict(steps=steps, seconds=time.time() - t0, tok_per_s=speed['tok_per_s'], mfu=speed['mfu'])
 results['seconds'] = time.time() - t_start
 json.dump(results, open(out, 'w'), indent=1)
 b, tr = results['bench'], results['train']

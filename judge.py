@@ -167,7 +167,7 @@ class Judge:
             self.encode = lambda text: self.tok(text, add_special_tokens=False)['input_ids']
             self.logits = lambda ids: self.model(ids[None].to(device)).logits[0]
         else:
-            ckpt = load_checkpoint(name, device)
+            ckpt = load_checkpoint(name, device, '--judge')
             if not ckpt['config'].get('causal'):
                 raise ValueError(f"judge {name} is not a causal model: train one with train.py --causal=True")
             self.model = ema_model(ckpt, device)

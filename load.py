@@ -13,10 +13,10 @@ from torch.nn import functional as F
 from did import DiD, DiDConfig
 
 
-def load_checkpoint(path, device='cpu'):
-    """train.py's ckpt.pt, or ValueError with one line saying what is wrong with the file."""
+def load_checkpoint(path, device='cpu', flag='--out_dir'):
+    """train.py's ckpt.pt, or ValueError with one line saying what is wrong with the file (flag: the setting that named it)."""
     if not os.path.isfile(path):
-        raise ValueError(f"{path} not found: train first (python train.py ...) or point --out_dir at a run")
+        raise ValueError(f"{path} not found: train first (python train.py ...) or point {flag} at a run")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=False)
     except Exception as e:
@@ -25,7 +25,12 @@ def load_checkpoint(path, device='cpu'):
     need = {'model', 'ema', 'model_args', 'config', 'iter_num'}
     if not isinstance(ckpt, dict) or not need <= set(ckpt):
         raise ValueError(f"{path} is not a train.py checkpoint (it lacks {sorted(need - set(ckpt) if isinstance(ckpt, dict) else need)})")
-    ckpt.setdefault('meta', {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eot': 50256})  # checkpoints from before meta: GPT-2
+    if 'meta' not in ckpt:  # checkpoints from before meta: GPT-2's vocabulary, or no way to read their ids
+        if ckpt['model_args']['vocab_size'] != 50258:
+            raise ValueError(f"{path} has no tokenizer (meta) and {ckpt['model_args']['vocab_size'] - 1} token ids, not GPT-2's "
+                             f"50257: its ids cannot be read; add the meta.json of the data it was trained on to it, as "
+                             f"ckpt['meta'] = json.load(open('data/NAME/meta.json')), and torch.save it")
+        ckpt['meta'] = {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eot': 50256}
     return ckpt
 
 

@@ -110,7 +110,8 @@ def read_local(paths):
         if any('\x00' in d for d in docs):
             raise SystemExit(f"error: {path} holds NUL bytes: it looks like a binary file, not text")
     if not any(d.strip() for d in docs):
-        raise SystemExit(f"error: --input {' '.join(paths)} holds no text")
+        raise SystemExit(f"error: --input {' '.join(paths)} holds no text (an empty file is often a download that failed: "
+                         f"fetch it again)")
     return docs
 
 def read_owt():

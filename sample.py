@@ -2,7 +2,7 @@
 Sample from a trained DiD model: draft with small blocks, then refine the least-confident tokens globally.
 
 $ python sample.py --out_dir=out-shakespeare-char --num_samples=2 --show
-$ python sample.py --out_dir=out --num_samples=300 --batch_size=32 --stages=4:1.0,1024:0.25 --out=samples.jsonl
+$ python sample.py --out_dir=out --num_samples=300 --batch_size=32 --paper --out=samples.jsonl   # the paper's sampler
 $ python sample.py --out_dir=out --stages=4:1.0 --prompt="The meaning of life is"      # draft only
 $ python sample.py --out_dir=out --max_len=4096 --stop_at_eos=True                   # any length, up to an <|endoftext|>
 $ python sample.py --out_dir=out --infill="To be, or ______ to be: that is the ________."  # every _ is a token to fill
@@ -14,7 +14,8 @@ block size. "L" stands for the sequence length. A stage's options (default: --st
 --refresh) set its schedule, e.g. 4:1.0:steps=2 (two tokens per forward), L:0.25:threshold=0.9:refresh=8
 (every token above 0.9 confidence per forward; the fixed tokens' keys and values refreshed every 8 forwards);
 a bare third field is steps: 4:1.0:2. Each forward reveals the most confident masked position by default
-(--order=confidence); --order=random --nucleus=bd3lm is BD3-LM's sampler, with which the paper's numbers were made.
+(--order=confidence). --paper is the paper's sampler, did.PAPER, with which its numbers were made: 4:1.0,L:0.25, one
+random masked position per forward (BD3-LM's first-hitting sampler), snapshot remasking, BD3-LM's top-p 0.9 rule.
 """
 
 import signal
@@ -31,7 +32,8 @@ import torch
 from tqdm import tqdm
 
 from configurator import check_device, configure, fail, guard
-from did import Stage, check_long, check_sampling, generate, generate_ar, generate_long, infill as fill_holes
+from beyond import check_long, generate_long, infill as fill_holes
+from did import PAPER, Sampling, Stage, generate, generate_ar
 from judge import Judge, real_word_rate, unigram_entropy, words
 from load import Tokenizer, ema_model, load_checkpoint
 from replay import write_html
@@ -40,6 +42,7 @@ from replay import write_html
 out_dir = 'out'                 # the training run whose ckpt.pt (EMA weights) to sample from
 num_samples = 4                 # how many sequences
 batch_size = 4                  # sequences generated together
+paper = False                   # the paper's sampler, did.PAPER (4:1.0,L:0.25, random order, snapshot, top_p 0.9 as BD3-LM): sets the next eight
 stages = '4:1.0,L:0.25:steps=4:refresh=0'  # draft B=4, then remask 25% and refine with one global block in 4 forwards that
                                 # reuse the fixed tokens' keys/values (README: Sampling schedules); the paper: 4:1.0,L:0.25
 remask = 'snapshot'             # snapshot (DiD), posthoc (score the finished draft once) or random
@@ -61,21 +64,29 @@ out = ''                        # write samples as jsonl here as they finish (to
 overwrite = False               # allow --out and --html to replace an existing file
 html = ''                       # write a page here that replays the first sample forward by forward
 show = False                    # print each sample with what the refine stage remasked and changed highlighted
-eval = False                    # score the samples: Gen PPL under --judge and unigram entropy, as one table row
+eval = False                    # score the samples: Gen PPL under --judge, unigram entropy and coherence, as one table row
+eval_out = ''                   # with --eval: also write that row, every number in it, as JSON here (what ablate.py reads)
 judge = 'gpt2-large'            # the paper's judge (needs transformers), a local Hugging Face folder, or an AR run (--causal=True): its out_dir or ckpt.pt
 words_from = ''                 # a text file whose words count as real: print the samples' real-word rate; '' skips it
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'
 # -----------------------------------------------------------------------------
 _, given = configure(globals(), sys.argv[1:])
-if infill and 'stages' not in given:
+SAMPLER = ('stages', 'order', 'steps', 'threshold', 'refresh', 'remask', 'top_p', 'nucleus')  # what --paper sets
+if paper and not set(SAMPLER) & given:  # (infilling: the global stage fills the holes, as below)
+    stages = 'L:1.0,L:0.25' if infill else ','.join(f"{s.block_size}:{s.gamma}" for s in PAPER.stages)
+    order, steps, threshold, refresh = (PAPER.stages[0].order, PAPER.stages[0].steps, PAPER.stages[0].threshold, PAPER.stages[0].refresh)
+    remask, top_p, nucleus = PAPER.remask, PAPER.top_p, PAPER.nucleus
+elif infill and 'stages' not in given:
     stages = 'L:1.0,L:0.25'  # infilling: the global stage fills the holes, then refines a quarter of them
+MAX_LEN = 1 << 20               # --max_len's ceiling: the tokens and confidences of a batch are held in memory
 
 
 def parse_stages(spec, L):
-    """'4:1.0:2,L:0.25:threshold=0.9' -> [Stage(4, 1.0, steps=2, ...), Stage(L, 0.25, threshold=0.9, ...)]; the
-    flags --steps, --order, --threshold fill in what a stage does not say, and --refresh that of global stages."""
-    out = []
+    """'4:1.0:2,L:0.25:threshold=0.9' -> [Stage(4, 1.0, steps=2, ...), Stage(L, 0.25, threshold=0.9, ...)]. One rule
+    for the flags: --steps, --order, --threshold (and --refresh, for global stages) fill in what a stage does not
+    say; a flag given on the command line also wins over the default --stages' own options."""
+    out, flags = [], {'steps', 'order', 'threshold', 'refresh'} & given if 'stages' not in given else set()
     for part in str(spec).split(','):
         f = part.strip().split(':')
         try:
@@ -84,128 +95,144 @@ def parse_stages(spec, L):
             for i, kv in enumerate(f[2:]):
                 k, _, v = kv.rpartition('=') if '=' in kv else ('steps' if i == 0 else '?', '', kv)
                 assert k in opts
-                opts[k] = v if k == 'order' else (float(v) if k == 'threshold' else int(v))
+                if k not in flags:
+                    opts[k] = v if k == 'order' else (float(v) if k == 'threshold' else int(v))
+            if 'threshold' in flags and threshold is not None:  # a threshold decides how many a forward reveals
+                opts.update({k: v for k, v in dict(steps=None, order='confidence').items() if k not in given})
             out.append(Stage(bs, gamma, **opts))
         except (AssertionError, ValueError, IndexError):
-            fail(f"bad stage {part!r} in --stages; write block_size:gamma[:option=value...] with options steps, "
-                 f"order, threshold, refresh, e.g. 4:1.0,L:0.25 or 4:1.0:steps=2,L:0.25:threshold=0.9")
+            raise ValueError(f"bad stage {part!r} in --stages; write block_size:gamma[:option=value...] with options steps, "
+                             f"order, threshold, refresh, e.g. 4:1.0,L:0.25 or 4:1.0:steps=2,L:0.25:threshold=0.9")
     return out
 
 
-def highlight(tok, ids, remasked, changed, color):
-    """Decode token by token; remasked-and-changed tokens in green (or [x] without a terminal), remasked-but-kept
-    ones in yellow (or {x}); their spaces and newlines are drawn as · and ↵ so an edit of one is visible too."""
-    parts = []
-    for i, t in enumerate(ids):
-        s = tok.decode([t])
-        if changed[i] or remasked[i]:
-            s = s.replace(' ', '·').replace('\n', '↵\n')
-            if color:
-                s = f"\033[1;32m{s}\033[0m" if changed[i] else f"\033[33m{s}\033[0m"
-            else:
-                s = f"[{s}]" if changed[i] else f"{{{s}}}"
-        parts.append(s)
-    return ''.join(parts)
+def check_settings():
+    """The settings on their own, before any file is read: one ValueError each."""
+    if num_samples <= 0 or batch_size <= 0:
+        raise ValueError(f"--num_samples={num_samples} and --batch_size={batch_size} must be positive")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"--steps={steps!r} must be a positive integer (or None: one token per step)")
+    if threshold is not None and not isinstance(threshold, (int, float)):
+        raise ValueError(f"--threshold={threshold!r} must be a probability (or None: off)")
+    if not isinstance(refresh, int) or refresh < 0:
+        raise ValueError(f"--refresh={refresh!r} must be an integer >= 0 (1: exact; r > 1: every r forwards; 0: the first only)")
+    if not isinstance(min_entropy, (int, float)) or min_entropy < 0:
+        raise ValueError(f"--min_entropy={min_entropy!r} must be a number of nats >= 0 (BD3-LM: 4; 0: off)")
+    if not isinstance(max_len, int) or not 0 <= max_len <= MAX_LEN:
+        raise ValueError(f"--max_len={max_len!r} must be a number of tokens from 1 to {MAX_LEN:,} (0: the model's seq_len)")
+    if infill and (max_len or prompt):
+        raise ValueError("--infill fills the holes of its own text: drop --max_len and --prompt")
+    if stop_at_eos and not max_len:
+        raise ValueError("--stop_at_eos ends sequences of any length: give --max_len too (e.g. --max_len=4096)")
+    if min_entropy and (max_len or infill):
+        raise ValueError("--min_entropy is BD3-LM's rule for fixed-length samples: drop it with --max_len or --infill")
+    if html and max_len:
+        raise ValueError("--html replays fixed-length samples and infills: drop --max_len")
+    if paper and set(SAMPLER) & given:
+        raise ValueError(f"--paper is the paper's sampler: drop {', '.join('--' + k for k in SAMPLER if k in given)} (or --paper)")
+    if eval_out and not eval:
+        raise ValueError("--eval_out writes the --eval row: add --eval")
+    check_device(device, dtype)
+
+
+def read_inputs():
+    """The checkpoint, its tokenizer, the text to start from as ids and the stages, each checked against the model."""
+    checkpoint = load_checkpoint(ckpt_path, device)
+    causal = checkpoint['config'].get('causal', False)  # an AR model (train.py --causal=True): left to right, no stages
+    if causal and (infill or max_len or html or min_entropy):
+        raise ValueError(f"{ckpt_path} is a causal (AR) model: it samples {checkpoint['model_args']['seq_len']} tokens left "
+                         f"to right; drop --infill, --max_len, --html and --min_entropy")
+    tok = Tokenizer(checkpoint['meta'])
+    L, mask_id = checkpoint['model_args']['seq_len'], checkpoint['model_args']['vocab_size'] - 1
+    if infill and '_' not in infill:
+        raise ValueError(f"--infill={infill!r} has no hole: write each token to fill as _ (e.g. \"To be, or ___ to be\")")
+    try:
+        pieces = [tok.encode(p) if p else [] for p in infill.split('_')] if infill else []  # a run of k underscores: k holes
+        prompt_ids = [tok.eot] + (tok.encode(prompt) if prompt else [])
+    except ValueError as e:  # a character or word the model's vocabulary lacks
+        raise ValueError(f"the {'infill text' if infill else 'prompt'}: {e}")
+    ids = [tok.eot] + sum((([mask_id] if i else []) + p for i, p in enumerate(pieces)), []) if infill else None
+    if infill and len(ids) > L:
+        raise ValueError(f"--infill is {len(ids)} tokens with its holes, more than the model's seq_len={L}: shorten it")
+    T = len(ids) if infill else L  # the length the stages work on ("L" in --stages)
+    stage_list = parse_stages(stages, T)
+    if infill and any(T % s.block_size for s in stage_list):
+        raise ValueError(f"--infill's text is {T} tokens with its holes: every block size must divide it (L: the whole "
+                         f"text; {T} has the divisors {[d for d in range(1, T + 1) if T % d == 0]})")
+    sampling = Sampling(tuple(stage_list), remask, top_p, temperature, nucleus)
+    sampling.check(T, 1 if infill else len(prompt_ids))
+    if max_len:
+        check_long(sampling, L, len(prompt_ids), max_len)
+    return checkpoint, causal, tok, ids, prompt_ids, T, sampling
 
 
 def check_output(path, what):
-    """One line, now, if --out or --html cannot be written: a checkpoint (never written over), an existing file
-    without --overwrite, a folder, an unwritable place; nothing is left behind."""
+    """--out, --html or --eval_out: not a checkpoint (never written over), not an existing file without --overwrite,
+    not a folder, in a place we can write to; nothing is left behind."""
     if os.path.basename(path) == 'ckpt.pt' or os.path.exists(path) and any(
             os.path.exists(p) and os.path.samefile(path, p) for p in (ckpt_path, judge_path)):
-        fail(f"--{what}={path} would write over a checkpoint: pick another file, e.g. --{what}="
-             f"{'samples.jsonl' if what == 'out' else 'replay.html'}")
+        raise ValueError(f"--{what}={path} would write over a checkpoint: pick another file, e.g. --{what}="
+                         f"{'replay.html' if what == 'html' else 'samples.jsonl' if what == 'out' else 'row.json'}")
     if os.path.exists(path) and not os.path.isdir(path) and not overwrite:
-        fail(f"--{what}={path} exists: pick another name, or pass --overwrite=True to replace it")
+        raise ValueError(f"--{what}={path} exists: pick another name, or pass --overwrite=True to replace it")
     if os.path.isdir(path):
-        fail(f"--{what}={path} is a folder: give a file name")
+        raise ValueError(f"--{what}={path} is a folder: give a file name")
     try:
-        open(path + '.tmp', 'w').close()
-        os.remove(path + '.tmp')
+        probe = f'{path}.probe{os.getpid()}'
+        open(probe, 'w').close()
+        os.remove(probe)
     except OSError as e:
-        fail(f"cannot write --{what}={path} ({e.strerror}): pick a path in a folder you can write to")
+        raise ValueError(f"cannot write --{what}={path} ({e.strerror}): pick a path in a folder you can write to")
+
+
+def check_outputs(meta):
+    """Every file this run writes or reads besides the checkpoint: the outputs, --words_from and the judge.
+    Returns the real words (or None) and the judge (or None)."""
+    named = [(p, w) for p, w in ((out, 'out'), (html, 'html'), (eval_out, 'eval_out')) if p]
+    for p, w in named:
+        check_output(p, w)
+    for i, (p, w) in enumerate(named):
+        for q, v in named[i + 1:]:
+            if os.path.abspath(p) == os.path.abspath(q):
+                raise ValueError(f"--{w} and --{v} both name {p}: give them two files")
+    vocab = jd = None
+    if words_from:
+        try:
+            vocab = set(words(open(words_from, encoding='utf-8').read()))
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--words_from={words_from} is not a readable UTF-8 text file ({type(e).__name__}): give the training text")
+    if eval:
+        jd = Judge(judge_path, device)
+        if not jd.hf and jd.meta != meta:
+            raise ValueError(f"the judge {judge_path} reads other tokens ({jd.meta['tokenizer']}, {jd.meta['vocab_size']}) than "
+                             f"{ckpt_path} writes ({meta['tokenizer']}, {meta['vocab_size']}): use a judge trained on the same data")
+    return vocab, jd
 
 
 # everything that can be wrong is checked before the first sample is drawn
-if num_samples <= 0 or batch_size <= 0:
-    fail(f"--num_samples={num_samples} and --batch_size={batch_size} must be positive")
-if steps is not None and (not isinstance(steps, int) or steps < 1):
-    fail(f"--steps={steps!r} must be a positive integer (or None: one token per step)")
-if threshold is not None and not isinstance(threshold, (int, float)):
-    fail(f"--threshold={threshold!r} must be a probability (or None: off)")
-if not isinstance(min_entropy, (int, float)) or min_entropy < 0:
-    fail(f"--min_entropy={min_entropy!r} must be a number of nats >= 0 (BD3-LM: 4; 0: off)")
-if not isinstance(max_len, int) or max_len < 0:
-    fail(f"--max_len={max_len!r} must be a number of tokens > 0 (0: the model's seq_len)")
-if infill and (max_len or prompt):
-    fail("--infill fills the holes of its own text: drop --max_len and --prompt")
-if stop_at_eos and not max_len:
-    fail("--stop_at_eos ends sequences of any length: give --max_len too (e.g. --max_len=4096)")
-if min_entropy and (max_len or infill):
-    fail("--min_entropy is BD3-LM's rule for fixed-length samples: drop it with --max_len or --infill")
-if html and max_len:
-    fail("--html replays fixed-length samples and infills: drop --max_len")
-check_device(device, dtype)
+guard(check_settings)
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-checkpoint = guard(load_checkpoint, ckpt_path, device)
-causal = checkpoint['config'].get('causal', False)  # an AR model (train.py --causal=True): left to right, no stages
-if causal and (infill or max_len or html or min_entropy):
-    fail(f"{ckpt_path} is a causal (AR) model: it samples {checkpoint['model_args']['seq_len']} tokens left to right; "
-         f"drop --infill, --max_len, --html and --min_entropy")
-tok = guard(Tokenizer, checkpoint['meta'])
+judge_path = os.path.join(judge, 'ckpt.pt') if os.path.isfile(os.path.join(judge, 'ckpt.pt')) else judge
+checkpoint, causal, tok, ids, prompt_ids, T, sampling = guard(read_inputs)
+stage_list = sampling.at(T)
+run_stages = ','.join(':'.join([f'{s.block_size}:{s.gamma}'] + [f'{k}={v}' for k, v in vars(s).items() if k not in ('block_size', 'gamma')
+                                                                 and v is not None]) for s in stage_list)  # what runs, every option
+vocab, jd = guard(check_outputs, checkpoint['meta'])
 L, mask_id = checkpoint['model_args']['seq_len'], checkpoint['model_args']['vocab_size'] - 1
-try:
-    if infill:
-        if '_' not in infill:
-            fail(f"--infill={infill!r} has no hole: write each token to fill as _ (e.g. \"To be, or ___ to be\")")
-        pieces = infill.split('_')  # a run of k underscores: k holes
-        ids = [tok.eot] + sum((([mask_id] if i else []) + (tok.encode(p) if p else []) for i, p in enumerate(pieces)), [])
-        if len(ids) > L:
-            fail(f"--infill is {len(ids)} tokens with its holes, more than the model's seq_len={L}: shorten it")
-    prompt_ids = [tok.eot] + (tok.encode(prompt) if prompt else [])
-except ValueError as e:  # a character or word the model's vocabulary lacks
-    fail(f"the {'infill text' if infill else 'prompt'}: {e}")
-T = len(ids) if infill else L  # the length the stages work on ("L" in --stages)
-stage_list = parse_stages(stages, T)
-try:
-    if infill and any(T % s.block_size for s in stage_list):
-        raise ValueError(f"--infill's text is {T} tokens with its holes: every block size must divide it (L: the whole text)")
-    check_sampling(stage_list, T, 1 if infill else len(prompt_ids), remask, top_p, temperature, nucleus)
-    if max_len:
-        check_long(stage_list, L, len(prompt_ids), max_len)
-except ValueError as e:
-    fail(str(e))
-judge_path = os.path.join(judge, 'ckpt.pt') if os.path.isdir(judge) and os.path.isfile(os.path.join(judge, 'ckpt.pt')) else judge
-if out:
-    check_output(out, 'out')
-if html:
-    check_output(html, 'html')
-if out and html and os.path.abspath(out) == os.path.abspath(html):
-    fail(f"--out and --html both name {out}: give them two files")
-vocab = None
-if words_from:
-    try:
-        vocab = set(words(open(words_from, encoding='utf-8').read()))
-    except (OSError, UnicodeDecodeError) as e:
-        fail(f"--words_from={words_from} is not a readable UTF-8 text file ({type(e).__name__}): give the training text")
-jd = None
-if eval:
-    jd = guard(Judge, judge_path, device)
-    if not jd.hf and jd.meta != checkpoint['meta']:
-        fail(f"the judge {judge_path} reads other tokens ({jd.meta['tokenizer']}, {jd.meta['vocab_size']}) than {ckpt_path} "
-             f"writes ({checkpoint['meta']['tokenizer']}, {checkpoint['meta']['vocab_size']}): use a judge trained on the same data")
-
 model = ema_model(checkpoint, device)
 ctx = contextlib.nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device.split(':')[0], dtype=getattr(torch, dtype))
 mode = 'infill' if infill else f'max_len {max_len}' if max_len else f'{L} tokens'
-print(f"sampling {num_samples} x {mode} from {ckpt_path} (iter {checkpoint['iter_num']}): stages {stages}, "
+print(f"sampling {num_samples} x {mode} from {ckpt_path} (iter {checkpoint['iter_num']}): stages {run_stages}, "
       f"remask={remask}, top_p={top_p} ({nucleus}), temperature={temperature}, seed={seed}")
 
 
 def degenerate(draft):
     """BD3-LM's stop check in fixed-length mode: after some draft block, the last 256 tokens' unigram entropy is
-    below min_entropy (the draft's tokens do not change after their block, so checking the finished draft is the same)."""
-    bs = stage_list[0].block_size
+    below min_entropy (the draft's tokens do not change after their block, so checking the finished draft is the same).
+    A model of at most 256 positions: the whole draft after the prompt."""
+    bs, gen = stage_list[0].block_size, draft[len(prompt_ids):]
+    if len(draft) <= 256:
+        return unigram_entropy(gen) < min_entropy
     return any(unigram_entropy(draft[e - 256:e]) < min_entropy for e in range(bs, len(draft) + 1, bs) if e > 256)
 
 
@@ -239,18 +266,16 @@ def run(seeds):
     """Sample these seeds: one record per sequence."""
     with ctx:
         if causal:  # the AR baseline: one token per forward, nothing to refine
-            res = generate_ar(model, prompt_ids, seeds, top_p, temperature, nucleus)
+            res = generate_ar(model, prompt_ids, seeds, sampling)
             return [dict(seed=s, tokens=t, text=tok.decode(t), conf=[round(c, 5) for c in res['conf'][i].tolist()], remasked=[],
                          changed=[], draft=t, forwards=L - len(prompt_ids), token_forwards=sum(range(len(prompt_ids), L)),
                          stage_forwards=[]) for i, (s, t) in enumerate(zip(seeds, res['tokens'].tolist()))]
         if max_len:
-            res = generate_long(model, prompt_ids, seeds, max_len, stage_list, tok.eot if stop_at_eos else None, remask,
-                                top_p, temperature, nucleus, hook=hook)
+            res = generate_long(model, prompt_ids, seeds, max_len, sampling, tok.eot if stop_at_eos else None, hook=hook)
             return [dict(seed=s, tokens=r['tokens'], text=tok.decode(r['tokens']), conf=[round(c, 5) for c in r['conf']],
                          remasked=[sorted(r['remasked'])], changed=[j for j, (a, b) in enumerate(zip(r['tokens'], r['draft'])) if a != b],
                          draft=r['draft'], stopped=r['stopped']) for s, r in zip(seeds, res)]
-        res = (fill_holes(model, ids, seeds, stage_list, remask, top_p, temperature, nucleus, hook=hook) if infill else
-               generate(model, prompt_ids, seeds, stage_list, remask, top_p, temperature, nucleus, hook=hook))
+        res = fill_holes(model, ids, seeds, sampling, hook=hook) if infill else generate(model, prompt_ids, seeds, sampling, hook=hook)
     recs = []
     for i, s in enumerate(seeds):
         tokens, draft = res['tokens'][i].tolist(), res['history'][0][i].tolist()
@@ -264,6 +289,22 @@ def run(seeds):
     return recs
 
 
+def highlight(tok, ids, remasked, changed, color):
+    """Decode token by token; remasked-and-changed tokens in green (or [x] without a terminal), remasked-but-kept
+    ones in yellow (or {x}); their spaces and newlines are drawn as · and ↵ so an edit of one is visible too."""
+    parts = []
+    for i, t in enumerate(ids):
+        s = tok.decode([t])
+        if changed[i] or remasked[i]:
+            s = s.replace(' ', '·').replace('\n', '↵\n')
+            if color:
+                s = f"\033[1;32m{s}\033[0m" if changed[i] else f"\033[33m{s}\033[0m"
+            else:
+                s = f"[{s}]" if changed[i] else f"{{{s}}}"
+        parts.append(s)
+    return ''.join(parts)
+
+
 def show_sample(n, r):
     ids, rem = r['tokens'], set(j for stage in r['remasked'] for j in stage) | set(r.get('filled', []))
     print(f"\n--- sample {n} (seed {r['seed']})")
@@ -273,7 +314,7 @@ def show_sample(n, r):
     elif len(stage_list) > 1 and not causal:
         print(f"draft, remasked tokens in {key}:\n{highlight(tok, r['draft'], [j in rem for j in range(len(ids))], [False] * len(ids), color)}")
         print(f"\nrefined, changed tokens in {'green' if color else '[brackets]'} ({len(r['changed'])} of {len(rem)} remasked changed):")
-    changed = set(r['changed']) - set(r.get('filled', []))
+    changed = set(r['changed'])  # infill: the refine's changes (the draft it compares with has the holes filled)
     print(highlight(tok, ids, [j in rem for j in range(len(ids))], [j in changed for j in range(len(ids))], color))
 
 
@@ -307,9 +348,9 @@ try:
             if show:
                 show_sample(len(samples) - 1, r)
 except KeyboardInterrupt:
-    if f:
+    if f:  # an existing --out is replaced only by what was sampled, never by nothing
         f.close()
-        os.replace(out + '.tmp', out)
+        os.replace(out + '.tmp', out) if samples else os.remove(out + '.tmp')
     fail(f"interrupted: {len(samples)} finished samples {'kept in ' + out if out else 'were not saved (no --out)'}")
 dt = time.time() - t0
 if f:
@@ -331,7 +372,7 @@ if stop_at_eos:
           f"lengths {n[0]} / {n[len(n) // 2]} / {n[-1]} tokens (min / median / max, with the <|endoftext|>s)")
 if min_entropy:
     n_red, n_bad = sum(s['redraws'] > 0 for s in samples), sum(s['degenerate'] for s in samples)
-    print(f"entropy check (BD3-LM, < {min_entropy} nats over 256 tokens): {n_red} of {num_samples} samples redrawn "
+    print(f"entropy check (BD3-LM, < {min_entropy} nats over {'256 tokens' if L > 256 else 'the whole sample'}): {n_red} of {num_samples} samples redrawn "
           f"({sum(s['redraws'] for s in samples)} redraws), {n_bad} still degenerate after 10 tries (kept)")
 if html and samples:
     strings = {t: tok.decode([t]) for t in {t for t in initial if t is not None} | {t for e in frames for t in e.get('tok', [])}}
@@ -360,8 +401,12 @@ if eval:  # BD3-LM's protocol: decode, re-encode with the judge's tokenizer, sco
           f"{mean:.2f} ± {sem:.2f} | {weighted:.2f} | {ent:.3f} | {rwr:.3f} | {mi:.3f} | {share:.3f} | {nfe:.1f} | {tf:,.0f} | {dt:.1f} |")
     if n_ok < num_samples:
         print(f"{num_samples - n_ok} samples had no token to score (all EOS) and are left out of the mean, as in BD3-LM")
-    print(json.dumps(dict(stages=stages, remask=remask, nucleus=nucleus, temperature=temperature, gen_ppl=mean, gen_ppl_std=std,
-                          gen_ppl_sem=sem, gen_ppl_weighted=weighted, gen_ppls=per, entropy=ent, entropies=ents,
-                          real_word_rate=rwr, real_word_rates=rates, mi=mi, mis=mis, name_share=share, name_shares=shares, forwards=nfe, token_forwards=tf, seconds=dt, judge=judge,
-                          num_samples=num_samples, scored=n_ok, min_entropy=min_entropy,
-                          redrawn=sum(s.get('redraws', 0) > 0 for s in samples))))
+    if eval_out:
+        row = dict(stages=stages, stages_run=run_stages, remask=remask, nucleus=nucleus, temperature=temperature, gen_ppl=mean, gen_ppl_std=std,
+                   gen_ppl_sem=sem, gen_ppl_weighted=weighted, gen_ppls=per, entropy=ent, entropies=ents, real_word_rate=rwr,
+                   real_word_rates=rates, mi=mi, mis=mis, name_share=share, name_shares=shares, forwards=nfe, token_forwards=tf,
+                   seconds=dt, judge=judge, num_samples=num_samples, scored=n_ok, min_entropy=min_entropy,
+                   redrawn=sum(s.get('redraws', 0) > 0 for s in samples))
+        json.dump(row, open(eval_out + '.tmp', 'w'))
+        os.replace(eval_out + '.tmp', eval_out)  # whole, or not at all
+        print(f"wrote {eval_out}")

@@ -17,6 +17,7 @@ $ python train.py config/train_shakespeare_char.py --init_from=run:out-pretrain 
 import atexit
 import contextlib
 import copy
+import importlib.util
 import json
 import math
 import os
@@ -31,9 +32,9 @@ from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import check_device, configure, fail, guard
-from did import (DiD, DiDConfig, add_noise, clipped_schedule_search, diffusion_loss, nelbo, search_intervals,
-                 peak_flops as peak_flops_of)  # peak_flops is also a setting here
+from did import DiD, DiDConfig, add_noise, clipped_schedule_search, diffusion_loss, nelbo, search_intervals
 from load import load_bd3lm, load_checkpoint
+from mfu import attention_fraction, estimate_flops, peak_flops as peak_flops_of  # peak_flops is also a setting here
 
 # -----------------------------------------------------------------------------
 # default config values: the paper's OWT shape (BD3-LM small, L=1024, mix-scale 4/1024)
@@ -93,6 +94,141 @@ config_keys, given = configure(globals(), sys.argv[1:])  # apply config/*.py fil
 RUN_KEYS = ('out_dir', 'init_from', 'eval_only', 'overwrite', 'device', 'dtype', 'compile', 'flex', 'peak_flops')
 
 
+def check(ok, msg):
+    if not ok:
+        raise ValueError(msg)
+
+
+def number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def check_config():
+    """The settings on their own, before any file is read: one ValueError each."""
+    for k in ('batch_size', 'total_batch_size', 'seq_len', 'n_layer', 'n_head', 'n_embd', 'eval_interval', 'log_interval',
+              'eval_iters', 'search_interval', 'search_seqs'):
+        check(globals()[k] > 0, f"--{k}={globals()[k]} must be a positive integer")
+    for k in ('max_iters', 'warmup_iters', 'grad_clip', 'weight_decay', 'peak_flops'):
+        check(globals()[k] >= 0, f"--{k}={globals()[k]} must not be negative")
+    check(max_iters > 0 or eval_only, "--max_iters=0 trains nothing: give a number of iterations (or --eval_only=True)")
+    check(learning_rate > 0, f"--learning_rate={learning_rate} must be positive")
+    check(0 <= dropout < 1 and 0 <= ema_decay < 1 and 0 <= beta1 < 1 and 0 <= beta2 < 1,
+          "dropout, ema_decay, beta1 and beta2 must lie in [0, 1)")
+    check(n_embd % n_head == 0 and (n_embd // n_head) % 2 == 0,
+          f"n_embd={n_embd} must split into n_head={n_head} heads of an even size (rotary embeddings)")
+    check_device(device, dtype)
+    check(init_from in ('scratch', 'resume') or init_from.startswith(('bd3lm:', 'run:')),
+          f"unknown --init_from={init_from!r}: use scratch, resume, run:OUT_DIR or bd3lm:REPO_OR_DIR")
+    check(not eval_only or init_from != 'scratch',
+          "--eval_only=True evaluates a trained model: add --init_from=resume (or run:OUT_DIR, bd3lm:REPO)")
+    check(not wandb_log or eval_only or importlib.util.find_spec('wandb'), "wandb_log=True needs the wandb package: pip install wandb, or drop --wandb_log")
+    if causal:
+        return
+    check(isinstance(block_mix, dict) and block_mix and all(number(p) and p >= 0 for p in block_mix.values()),
+          f"--block_mix={block_mix!r} must map block sizes to probabilities >= 0, e.g. {{4: 0.9, {seq_len}: 0.1}}")
+    check(abs(sum(block_mix.values()) - 1.0) < 1e-6, f"block_mix probabilities sum to {sum(block_mix.values())}, not 1: fix --block_mix")
+    check(isinstance(eval_block_sizes, (list, tuple)) and eval_block_sizes, "--eval_block_sizes must be a list, e.g. [4, 1024]")
+    for bs in list(block_mix) + list(eval_block_sizes):
+        check(isinstance(bs, int) and 0 < bs <= seq_len and seq_len % bs == 0,
+              f"block size {bs} does not divide seq_len={seq_len}: use a divisor of {seq_len} in block_mix/eval_block_sizes")
+    check(not noise_search or search_interval % eval_interval == 0, f"--search_interval={search_interval} must be a "
+          f"multiple of --eval_interval={eval_interval}: the searched intervals are saved with the evaluation's checkpoint")
+    check(isinstance(noise_clip, dict), f"--noise_clip={noise_clip!r} must map block sizes to (eps_min, eps_max)")
+    for bs, iv in noise_clip.items():
+        check(isinstance(bs, int) and not isinstance(bs, bool) and bs > 0, f"noise_clip has the key {bs!r}: its keys are block sizes, e.g. {{4: (0.5, 1.0)}}")
+        check(isinstance(iv, (tuple, list)) and len(iv) == 2 and all(map(number, iv)) and 0 < iv[0] <= iv[1] <= 1,
+              f"noise_clip[{bs}]={iv!r} must be an interval (eps_min, eps_max) with 0 < eps_min <= eps_max <= 1")
+        add_noise(torch.zeros(1, bs, dtype=torch.long), bs, 1, *iv, resample=resample)  # resampling needs a masked fraction j / bs in it
+
+
+def check_batch(world):
+    """The batch splits into micro-steps of batch_size sequences on each of the world's processes."""
+    check(total_batch_size % (batch_size * seq_len * world) == 0, f"total_batch_size={total_batch_size} is not a multiple "
+          f"of batch_size*seq_len*world_size={batch_size * seq_len * world}")
+    check(not noise_search or search_seqs >= batch_size * world, f"--search_seqs={search_seqs} gives some of the {world} "
+          f"processes no batch of {batch_size}: use at least {batch_size * world}")
+
+
+def check_data():
+    """data/<dataset>: present, prepared with the expected tokenizer, longer than a sequence. Returns its meta.json."""
+    hint = f"`python prepare_owt.py --input=FILE{' --tokenizer=char' if tokenizer == 'char' else ''} --out_dir={data_dir}`"
+    if dataset == 'openwebtext':
+        hint = f"`python prepare_owt.py` (OpenWebText), or {hint} for your own text"
+    for split in ('train', 'val'):
+        check(os.path.exists(os.path.join(data_dir, f'{split}.bin')), f"{data_dir}/{split}.bin not found: run {hint}")
+    path = os.path.join(data_dir, 'meta.json')
+    try:
+        meta = json.load(open(path)) if os.path.exists(path) else {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eot': 50256}
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"{path} is not valid JSON: prepare the data again with {hint}")
+    check(isinstance(meta, dict) and {'tokenizer', 'vocab_size', 'eot'} <= set(meta), f"{path} lacks its tokenizer fields")
+    check(meta['tokenizer'] == (tokenizer or meta['tokenizer']), f"{data_dir} holds {meta['tokenizer']} tokens but this config "
+          f"expects {tokenizer}: prepare it with {hint}, or pass --tokenizer={meta['tokenizer']}")
+    for split in ('train', 'val'):
+        size = os.path.getsize(os.path.join(data_dir, f'{split}.bin'))
+        check(size % 2 == 0, f"{data_dir}/{split}.bin has an odd number of bytes, so it is not uint16 tokens: prepare it again with {hint}")
+        check(size // 2 > seq_len, f"{data_dir}/{split}.bin has {size // 2} tokens, fewer than one sequence of seq_len={seq_len}: "
+              f"use more text or a smaller --seq_len")
+    return meta
+
+
+def check_out():
+    """The output folder: a folder, and no trained model in it replaced unless asked (not needed to evaluate)."""
+    if eval_only:
+        return
+    check(not init_from.startswith('run:') or os.path.abspath(source_path()) != os.path.abspath(ckpt_path),
+          f"--init_from={init_from} is this run's own out_dir: fine-tune into a new --out_dir (or --init_from=resume)")
+    check(not os.path.exists(out_dir) or os.path.isdir(out_dir), f"--out_dir={out_dir} is a file: pick a folder name")
+    check(init_from == 'resume' or overwrite or not os.path.exists(ckpt_path),
+          f"{ckpt_path} already holds a trained model: continue it with --init_from=resume, pick a new --out_dir, "
+          f"or pass --overwrite=True to replace it")
+
+
+def source_path():
+    return init_from[4:] if init_from.endswith('.pt') else os.path.join(init_from[4:], 'ckpt.pt')
+
+
+def same_shape(args, what):
+    """A model keeps its shape: an override of it on this command line that disagrees is a mistake."""
+    for k in ('vocab_size', 'n_layer', 'n_head', 'n_embd'):
+        check(k not in given or args[k] == globals()[k], f"{what} has {k}={args[k]} but this command line asks for "
+              f"{k}={globals()[k]}: drop --{k} (a model keeps its shape), or train a new one in a new --out_dir")
+
+
+def check_resume(ck):
+    """out_dir/ckpt.pt continues exactly: its optimizer state, shape, length, kind and tokens, and iterations left."""
+    check('optimizer' in ck or eval_only, f"{ckpt_path} holds no optimizer state, so it cannot be resumed exactly: "
+          f"fine-tune from it with --init_from=run:{out_dir} in a new --out_dir, or evaluate it with --eval_only=True")
+    same_shape(ck['model_args'], ckpt_path)
+    check(ck['model_args']['seq_len'] == seq_len, f"{ckpt_path} trained at seq_len={ck['model_args']['seq_len']}: "
+          f"drop --seq_len to resume it, or fine-tune it at another length with --init_from=run:{out_dir} in a new --out_dir")
+    check(ck['config'].get('causal', False) == causal, f"{ckpt_path} was trained with causal={ck['config'].get('causal')}")
+    check(ck.get('meta', meta) == meta, f"{ckpt_path} was trained on other tokens than {data_dir} (another tokenizer or "
+          f"character set): resume on the data it was trained on, or prepare this text into a new dataset and fine-tune")
+    check(ck['iter_num'] < max_iters or eval_only, f"{ckpt_path} is at iteration {ck['iter_num']}, already --max_iters="
+          f"{max_iters}: nothing to train; raise --max_iters to go on (or evaluate it with --eval_only=True)")
+
+
+def check_source(src):
+    """A fine-tune's source run: the same kind of model, the same tokens, the shape this command line asks for."""
+    check(src['config'].get('causal', False) == causal, f"{src_path} was trained with causal={src['config'].get('causal')}")
+    check(src.get('meta', meta) == meta, f"{src_path} was trained on other tokens than {data_dir}: fine-tune on data "
+          f"prepared with the same tokenizer and vocabulary")
+    same_shape(src['model_args'], src_path)
+
+
+def claim(folder):
+    """The output folder: made (and removed again at exit if nothing was saved into it), writable, ours alone."""
+    if not os.path.exists(folder):
+        atexit.register(lambda: os.path.isdir(folder) and not os.listdir(folder) and os.rmdir(folder))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f'.write_test_{os.getpid()}')
+        open(probe, 'w').close()
+        os.remove(probe)
+    except OSError as e:
+        fail(f"cannot write to --out_dir={folder} ({e.strerror}): pick a folder you can write to")
+    lock(folder)
 
 
 def lock(folder):
@@ -132,7 +268,7 @@ def alive(pid):
 
 # resume: the checkpoint's config is the default, this command line's config files and --key=value win
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-checkpoint = None
+checkpoint = source = None
 if init_from == 'resume':
     checkpoint = guard(load_checkpoint, ckpt_path)
     saved = {'bos': False, 'clean_first': False, **checkpoint['config']}  # checkpoints from before these trained without them
@@ -141,112 +277,34 @@ if init_from == 'resume':
     configure(globals(), sys.argv[1:], quiet=True)
 config = {k: globals()[k] for k in config_keys}  # logged and saved in the checkpoint
 
-# check the whole config before any expensive work, one clear line per mistake
-def check(ok, msg):
-    if not ok:
-        fail(msg)
+# every check before any expensive work (and before anything is written), one clear line per mistake
+guard(check_config)
+ddp = int(os.environ.get('RANK', -1)) != -1  # DDP: on when torchrun sets RANK
+world = int(os.environ.get('WORLD_SIZE', 1)) if ddp else 1
+guard(check_batch, world)
+data_dir = os.path.join('data', dataset)
+meta = guard(check_data)
+vocab_size = vocab_size or meta['vocab_size'] + 1  # + MASK
+guard(check_out)
+if init_from == 'resume':
+    guard(check_resume, checkpoint)
+if init_from.startswith('run:'):
+    src_path = source_path()
+    source = guard(load_checkpoint, src_path, 'cpu', '--init_from=run:OUT_DIR')  # the run a fine-tune starts from
+    guard(check_source, source)
 
-for k in ('batch_size', 'total_batch_size', 'seq_len', 'n_layer', 'n_head', 'n_embd', 'eval_interval', 'log_interval', 'eval_iters',
-          'search_interval', 'search_seqs'):
-    check(globals()[k] > 0, f"--{k}={globals()[k]} must be a positive integer")
-for k in ('max_iters', 'warmup_iters', 'grad_clip', 'weight_decay', 'peak_flops'):
-    check(globals()[k] >= 0, f"--{k}={globals()[k]} must not be negative")
-check(learning_rate > 0, f"--learning_rate={learning_rate} must be positive")
-check(0 <= dropout < 1 and 0 <= ema_decay < 1 and 0 <= beta1 < 1 and 0 <= beta2 < 1,
-      "dropout, ema_decay, beta1 and beta2 must lie in [0, 1)")
-check(n_embd % n_head == 0 and (n_embd // n_head) % 2 == 0,
-      f"n_embd={n_embd} must split into n_head={n_head} heads of an even size (rotary embeddings)")
-check_device(device, dtype)
-check(init_from in ('scratch', 'resume') or init_from.startswith(('bd3lm:', 'run:')),
-      f"unknown --init_from={init_from!r}: use scratch, resume, run:OUT_DIR or bd3lm:REPO_OR_DIR")
-check(not eval_only or init_from != 'scratch',
-      "--eval_only=True evaluates a trained model: add --init_from=resume (or run:OUT_DIR, bd3lm:REPO)")
-if not causal:
-    check(isinstance(block_mix, dict) and block_mix and all(isinstance(p, (int, float)) and p >= 0 for p in block_mix.values()),
-          f"--block_mix={block_mix!r} must map block sizes to probabilities >= 0, e.g. {{4: 0.9, {seq_len}: 0.1}}")
-    check(abs(sum(block_mix.values()) - 1.0) < 1e-6, f"block_mix probabilities sum to {sum(block_mix.values())}, not 1: fix --block_mix")
-    check(isinstance(eval_block_sizes, (list, tuple)) and eval_block_sizes, "--eval_block_sizes must be a list, e.g. [4, 1024]")
-    for bs in list(block_mix) + list(eval_block_sizes):
-        check(isinstance(bs, int) and 0 < bs <= seq_len and seq_len % bs == 0,
-              f"block size {bs} does not divide seq_len={seq_len}: use a divisor of {seq_len} in block_mix/eval_block_sizes")
-    check(not noise_search or search_interval % eval_interval == 0, f"--search_interval={search_interval} must be a "
-          f"multiple of --eval_interval={eval_interval}: the searched intervals are saved with the evaluation's checkpoint")
-    check(isinstance(noise_clip, dict), f"--noise_clip={noise_clip!r} must map block sizes to (eps_min, eps_max)")
-    for bs, iv in noise_clip.items():
-        check(isinstance(iv, (tuple, list)) and len(iv) == 2 and 0 < iv[0] <= iv[1] <= 1,
-              f"noise_clip[{bs}]={iv!r} must be an interval (eps_min, eps_max) with 0 < eps_min <= eps_max <= 1")
-        try:  # resampling needs a realizable masked fraction j / bs in the interval
-            add_noise(torch.zeros(1, bs, dtype=torch.long), bs, 1, *iv, resample=resample)
-        except ValueError as e:
-            fail(str(e))
-
-# DDP: on when torchrun sets RANK
-ddp = int(os.environ.get('RANK', -1)) != -1
 if ddp:
     init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
-    ddp_rank, ddp_local_rank, world = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+    ddp_rank, ddp_local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
     if device.startswith('cuda'):
         device = f'cuda:{ddp_local_rank}'
         torch.cuda.set_device(device)
 else:
-    ddp_rank, world = 0, 1
+    ddp_rank = 0
 master_process = ddp_rank == 0
-tokens_per_micro = batch_size * seq_len * world
-check(total_batch_size % tokens_per_micro == 0,
-      f"total_batch_size={total_batch_size} is not a multiple of batch_size*seq_len*world_size={tokens_per_micro}")
-grad_accum = total_batch_size // tokens_per_micro
-check(not noise_search or search_seqs >= batch_size * world, f"--search_seqs={search_seqs} gives some of the {world} "
-      f"processes no batch of {batch_size}: use at least {batch_size * world}")
-
-# the data: present, prepared with the expected tokenizer, longer than a sequence
-data_dir = os.path.join('data', dataset)
-hint = f"`python prepare_owt.py --input=FILE{' --tokenizer=char' if tokenizer == 'char' else ''} --out_dir={data_dir}`"
-if dataset == 'openwebtext':
-    hint = f"`python prepare_owt.py` (OpenWebText), or {hint} for your own text"
-for split in ('train', 'val'):
-    check(os.path.exists(os.path.join(data_dir, f'{split}.bin')), f"{data_dir}/{split}.bin not found: run {hint}")
-meta_path = os.path.join(data_dir, 'meta.json')
-try:
-    meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eot': 50256}
-    check(isinstance(meta, dict) and {'tokenizer', 'vocab_size', 'eot'} <= set(meta), f"{meta_path} lacks its tokenizer fields")
-except (ValueError, UnicodeDecodeError):
-    fail(f"{meta_path} is not valid JSON: prepare the data again with {hint}")
-check(meta['tokenizer'] == (tokenizer or meta['tokenizer']), f"{data_dir} holds {meta['tokenizer']} tokens but this config expects "
-      f"{tokenizer}: prepare it with {hint}, or pass --tokenizer={meta['tokenizer']}")
-for split in ('train', 'val'):
-    size = os.path.getsize(os.path.join(data_dir, f'{split}.bin'))
-    check(size % 2 == 0, f"{data_dir}/{split}.bin has an odd number of bytes, so it is not uint16 tokens: prepare it again with {hint}")
-    n = size // 2
-    check(n > seq_len, f"{data_dir}/{split}.bin has {n} tokens, fewer than one sequence of seq_len={seq_len}: "
-          f"use more text or a smaller --seq_len")
-if vocab_size is None:
-    vocab_size = meta['vocab_size'] + 1  # + MASK
-
-# the output folder: writable, and no trained model in it is replaced unless asked
-source = None
-if init_from.startswith('run:'):
-    src_path = init_from[4:] if init_from.endswith('.pt') else os.path.join(init_from[4:], 'ckpt.pt')
-    check(os.path.abspath(src_path) != os.path.abspath(ckpt_path),
-          f"--init_from={init_from} is this run's own out_dir: fine-tune into a new --out_dir (or --init_from=resume)")
-    source = guard(load_checkpoint, src_path)  # the run a fine-tune starts from
-if not eval_only:
-    check(not os.path.exists(out_dir) or os.path.isdir(out_dir), f"--out_dir={out_dir} is a file: pick a folder name")
-    check(init_from == 'resume' or overwrite or not os.path.exists(ckpt_path),
-          f"{ckpt_path} already holds a trained model: continue it with --init_from=resume, pick a new --out_dir, "
-          f"or pass --overwrite=True to replace it")
-    if master_process:
-        if not os.path.exists(out_dir):  # made here: removed again at exit if nothing was saved into it (a refused run)
-            atexit.register(lambda: os.path.isdir(out_dir) and not os.listdir(out_dir) and os.rmdir(out_dir))
-        try:
-            os.makedirs(out_dir, exist_ok=True)
-            probe = os.path.join(out_dir, f'.write_test_{os.getpid()}')
-            open(probe, 'w').close()
-            os.remove(probe)
-        except OSError as e:
-            fail(f"cannot write to --out_dir={out_dir} ({e.strerror}): pick a folder you can write to")
-        lock(out_dir)
-        if init_from != 'resume' and os.path.exists(os.path.join(out_dir, 'log.jsonl')):
-            os.remove(os.path.join(out_dir, 'log.jsonl'))  # a new run (--overwrite=True) starts a new log
+grad_accum = total_batch_size // (batch_size * seq_len * world)
+if master_process and not eval_only:
+    claim(out_dir)
 
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
@@ -283,25 +341,11 @@ def to_device(*xs):
 model_args = dict(seq_len=seq_len, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout)
 intervals = dict(noise_clip)  # the noise interval of each block size; the search (noise_search) updates it
 iter_num, best_val_loss, saved_iter = 0, 1e9, None
-
-
-def same_shape(args, what):
-    """A model keeps its shape: an override of it on this command line that disagrees is a mistake."""
-    for k in ('vocab_size', 'n_layer', 'n_head', 'n_embd'):
-        check(k not in given or args[k] == globals()[k], f"{what} has {k}={args[k]} but this command line asks for "
-              f"{k}={globals()[k]}: drop --{k} (a model keeps its shape), or train a new one in a new --out_dir")
+log_mode = 'a' if init_from == 'resume' or eval_only else 'w'  # how log_line opens out_dir/log.jsonl the first time
 
 
 if init_from == 'resume':
-    check('optimizer' in checkpoint or eval_only, f"{ckpt_path} holds no optimizer state, so it cannot be resumed exactly: "
-          f"fine-tune from it with --init_from=run:{out_dir} in a new --out_dir, or evaluate it with --eval_only=True")
     iter_num, best_val_loss, saved_iter = checkpoint['iter_num'], checkpoint.get('best_val_loss', 1e9), checkpoint['iter_num']
-    same_shape(checkpoint['model_args'], ckpt_path)
-    check(checkpoint['model_args']['seq_len'] == seq_len, f"{ckpt_path} trained at seq_len={checkpoint['model_args']['seq_len']}: "
-          f"drop --seq_len to resume it, or fine-tune it at another length with --init_from=run:{out_dir} in a new --out_dir")
-    check(checkpoint['config'].get('causal', False) == causal, f"{ckpt_path} was trained with causal={checkpoint['config'].get('causal')}")
-    check(checkpoint.get('meta', meta) == meta, f"{ckpt_path} was trained on other tokens than {data_dir} (another tokenizer or "
-          f"character set): resume on the data it was trained on, or prepare this text into a new dataset and fine-tune")
     intervals = dict(checkpoint.get('intervals', intervals))  # what its noise search found, if it ran
     old = checkpoint['config'].get('noise_clip', {})
     for b in set(old) | set(noise_clip):  # a noise_clip changed on this command line wins over the checkpoint's
@@ -310,10 +354,6 @@ if init_from == 'resume':
             intervals.update({b: tuple(noise_clip[b])} if b in noise_clip else {})
             print(f"noise_clip for B={b}: {noise_clip.get(b, 'unclipped')} (the checkpoint had {old.get(b, 'unclipped')})")
 elif init_from.startswith('run:'):
-    check(source['config'].get('causal', False) == causal, f"{src_path} was trained with causal={source['config'].get('causal')}")
-    check(source.get('meta', meta) == meta, f"{src_path} was trained on other tokens than {data_dir}: fine-tune on data "
-          f"prepared with the same tokenizer and vocabulary")
-    same_shape(source['model_args'], src_path)
     # the source's shape, at this run's length and dropout (rotary positions are not weights); intervals start
     # from this config's noise_clip, as BD3-LM resets its clipped schedule for a fine-tune
     model_args = {**source['model_args'], 'dropout': dropout, 'seq_len': seq_len}
@@ -321,13 +361,13 @@ torch.manual_seed(seed)  # the initial weights (dropout reseeds itself every ste
 if init_from.startswith('bd3lm:'):  # fine-tune a public BD3-LM checkpoint (its shape wins over the config's)
     model, found = guard(load_bd3lm, init_from.split(':', 1)[1], seq_len, dropout)
     model_args = {k: getattr(model.config, k) for k in model_args}
-    same_shape(model_args, init_from)
+    guard(same_shape, model_args, init_from)
     if master_process:  # BD3-LM resets the clipped schedule for a fine-tune; its search finds it again
         print(f"loaded {init_from}: {model_args}; its searched noise interval {found or 'none'} is not carried over, "
               f"the intervals start from noise_clip={noise_clip}")
 else:
     model = DiD(DiDConfig(**model_args))
-check(model_args['vocab_size'] >= meta['vocab_size'] + 1, f"the model has {model_args['vocab_size']} ids but "
+guard(check, model_args['vocab_size'] >= meta['vocab_size'] + 1, f"the model has {model_args['vocab_size']} ids but "
       f"{data_dir} uses {meta['vocab_size']} tokens + MASK: prepare the data with the model's tokenizer")
 for ck in (checkpoint, source):
     if ck is not None:
@@ -341,6 +381,9 @@ for ck in (checkpoint, source):
 if master_process:
     print(f"tokens per iteration: {total_batch_size:,} ({world} processes x {grad_accum} micro-steps x {batch_size} x {seq_len})")
     print(f"model: {model.get_num_params() / 1e6:.2f}M parameters, vocab {model_args['vocab_size']} (MASK = {model_args['vocab_size'] - 1})")
+    if warmup_iters > max_iters and not eval_only:  # allowed (a short test run), but said
+        print(f"note: --warmup_iters={warmup_iters} is more than --max_iters={max_iters}: the learning rate stays in its "
+              f"warmup and ends at {learning_rate * max_iters / (warmup_iters + 1):.2e}, not --learning_rate={learning_rate:.2e}")
     if source is not None:
         print(f"fine-tuning {src_path} (iteration {source['iter_num']}): its weights and EMA, a fresh optimizer, "
               f"noise intervals from noise_clip")
@@ -432,34 +475,35 @@ def save_checkpoint():
              f"left: {kept()}. Free disk space and resume")
     saved_iter = iter_num
 
-def log_eval(losses, **info):
-    """Each evaluation as one line of out_dir/log.jsonl: what other programs read (never the printed lines)."""
+def log_line(**info):
+    """Each evaluation and each training log line as one JSON line of out_dir/log.jsonl: what other programs read
+    (ablate.py, gpu_check.py, the tests), never the printed lines. A new run (not a resume, not an evaluation)
+    starts a new file with its first line: a run refused before then leaves the old one as it was."""
+    global log_mode
     if os.path.isdir(out_dir):
-        with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
-            f.write(json.dumps({'iter': iter_num, **info, **losses}) + '\n')
+        with open(os.path.join(out_dir, 'log.jsonl'), log_mode) as f:
+            f.write(json.dumps({'iter': iter_num, **info}) + '\n')
+        log_mode = 'a'
 
 def kept():
     return f"{ckpt_path} holds iteration {saved_iter}" if saved_iter is not None else "no checkpoint was written"
 
 peak = peak_flops or peak_flops_of(device)
-attn_frac = {bs: raw_model.attention_fraction(bs) for bs in ([0] if causal else block_mix)}
+attn_frac = {bs: attention_fraction(raw_model, bs) for bs in ([0] if causal else block_mix)}
 
 if eval_only:
     if master_process:
         losses = evaluate()
         for k, v in losses.items():
             print(f"{k}: {v:.4f} nats/token, perplexity <= {math.exp(v):.2f}")
-        log_eval(losses, eval_only=True, eval_iters=eval_iters)
+        log_line(eval_only=True, eval_iters=eval_iters, **losses)
     if ddp:
         torch.distributed.barrier()  # the others wait for rank 0: a process group torn down early aborts its peers
         destroy_process_group()
     sys.exit(0)
 
 if wandb_log and master_process:
-    try:
-        import wandb
-    except ImportError:
-        fail("wandb_log=True needs the wandb package: pip install wandb, or drop --wandb_log")
+    import wandb
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
 # Ctrl-C (SIGINT) or SIGTERM: finish the iteration, save it, stop; a second one stops at once without saving
@@ -484,7 +528,6 @@ try:
             if master_process:
                 losses = evaluate()
                 print(f"step {iter_num}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
-                log_eval(losses, seconds=round(time.time() - t_start, 2))  # wall time since this process began training
                 if not all(map(math.isfinite, losses.values())) or not finite_weights():
                     fail(f"the weights diverged by iteration {iter_num} (non-finite NELBO or weights); nothing saved: "
                          f"{kept()}. Try a lower --learning_rate or --dtype=float32")
@@ -493,9 +536,12 @@ try:
                     wandb.log({'iter': iter_num, **losses})
             if noise_search and not causal and iter_num % search_interval == 0:
                 search_noise()  # every process, the same result
+                if master_process:
+                    log_line(intervals={b: list(iv) for b, iv in intervals.items()})
             if master_process:
                 save_checkpoint()
                 print(f"saved checkpoint to {ckpt_path}")
+                log_line(seconds=round(time.time() - t_start, 2), **losses)  # after the save: a logged evaluation is on disk
         if iter_num >= max_iters:
             break
         if stopping:  # after this iteration's evaluation: a resume continues exactly as an uninterrupted run
@@ -513,7 +559,7 @@ try:
         for micro_step in range(grad_accum):
             x0, x_t, t, bs = micro_batch(iter_num, micro_step * world + ddp_rank)
             head_tokens = batch_size * seq_len if causal else (x_t == vocab_size - 1).sum().item()  # on the CPU: no sync
-            flops += raw_model.estimate_flops(batch_size, 0 if causal else bs, head_tokens, attn_frac[0 if causal else bs])
+            flops += estimate_flops(raw_model, batch_size, 0 if causal else bs, head_tokens, attn_frac[0 if causal else bs])
             x0, x_t, t = to_device(x0, x_t, t)
             if ddp:  # sync gradients only on the last micro-step (no_sync() would need a context per branch)
                 model.require_backward_grad_sync = (micro_step == grad_accum - 1)
@@ -550,6 +596,8 @@ try:
             eta = (time.time() - t_start) / (iter_num - start_iter) * (max_iters - iter_num)
             print(f"iter {iter_num}: loss {lossf:.6f}, norm {norm.item():.3f}, lr {lr:.2e}, time {dt * 1000:.0f}ms, "
                   f"{tps:,.0f} tok/s{mfu}, {iter_num}/{max_iters} eta {eta / 60:.1f} min", flush=True)
+            log_line(loss=lossf, norm=norm.item(), lr=lr, tok_per_s=tps if running['dt'] else None,
+                     mfu=running['flops'] / running['dt'] / peak if peak and running['dt'] else None)
             if wandb_log:
                 wandb.log({'iter': iter_num, 'train/loss': lossf, 'grad_norm': norm.item(), 'lr': lr, 'tok_per_s': tps})
             running = {'tokens': 0, 'flops': 0.0, 'dt': 0.0}

@@ -49,11 +49,11 @@ def row(folder, stages, T):
     cmd = [sys.executable, os.path.join(here, '..', 'sample.py'), f'--out_dir={folder}', f"--num_samples={S['num_samples']}",
            f"--batch_size={S['num_samples']}", f'--stages={stages}', '--remask=snapshot', '--order=random',
            f'--temperature={T}', '--eval', f'--judge={judge}/ckpt.pt', f"--seed={S['sample_seed']}",
-           f'--words_from=data/{data}/train_words.txt']
+           f'--words_from=data/{data}/train_words.txt', '--eval_out=refine_context_row.json', '--overwrite=True']
     p = subprocess.run(cmd, cwd=out_dir, capture_output=True, text=True)
     if p.returncode:
         fail(f"sample.py failed: {(p.stderr or p.stdout).strip().splitlines()[-1]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return json.load(open(os.path.join(out_dir, 'refine_context_row.json')))  # sample.py's --eval row
 
 
 rows, table = {}, []

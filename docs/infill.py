@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from configurator import configure, fail, guard  # noqa: E402
-from did import Stage, infill  # noqa: E402
+from beyond import infill  # noqa: E402
+from did import Sampling, Stage  # noqa: E402
 from judge import load_run, words  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -44,8 +45,9 @@ net, jd, meta, tok, vocab = guard(load_run, model, judge, data)
 L, mask_id = net.config.seq_len, net.config.mask_id
 val = np.fromfile(os.path.join(data, 'val.bin'), dtype=np.uint16)
 rng = np.random.default_rng(seed)
-methods = {'global stage (B = L)': [Stage(L)], 'global stage + refine γ=0.25': [Stage(L), Stage(L, 0.25)],
-           'left-to-right blocks of 4': [Stage(4)], 'left-to-right blocks of 4 + global refine γ=0.25': [Stage(4), Stage(L, 0.25)]}
+C = dict(order='confidence')  # the most probable draw first, as sample.py by default
+methods = {'global stage (B = L)': [Stage(L, **C)], 'global stage + refine γ=0.25': [Stage(L, **C), Stage(L, 0.25, **C)],
+           'left-to-right blocks of 4': [Stage(4, **C)], 'left-to-right blocks of 4 + global refine γ=0.25': [Stage(4, **C), Stage(L, 0.25, **C)]}
 results = {name: dict(match=[], nll=[], words=[], fills=[]) for name in methods}
 for n in range(num_texts):
     s = int(rng.integers(0, len(val) - L))
@@ -54,7 +56,7 @@ for n in range(num_texts):
     hole = [p for a in starts for p in range(a, a + hole_len)]
     ids = [mask_id if p in hole else t for p, t in enumerate(text)]
     for name, stages in methods.items():
-        got = infill(net, ids, [seed + n], stages)['tokens'][0].tolist()
+        got = infill(net, ids, [seed + n], Sampling(tuple(stages), nucleus='standard'))['tokens'][0].tolist()
         filled = [got[p] for p in hole]
         r = results[name]
         r['match'].append(sum(a == b for a, b in zip(filled, (text[p] for p in hole))) / len(hole))

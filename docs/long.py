@@ -19,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from configurator import configure, fail, guard  # noqa: E402
-from did import Stage, generate_long  # noqa: E402
+from beyond import generate_long  # noqa: E402
+from did import Sampling, Stage  # noqa: E402
 from judge import load_run, real_word_rate  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -41,7 +42,7 @@ if not (model and judge and data):
 net, jd, _, tok, vocab = guard(load_run, model, judge, data)
 L = net.config.seq_len
 res = generate_long(net, [tok.eot], list(range(seed, seed + num_samples)), max_len,
-                    [Stage(4, order=order), Stage(L, 0.25, order=order)])
+                    Sampling((Stage(4, order=order), Stage(L, 0.25, order=order)), nucleus='standard'))
 bounds = [(0, L)] + [(a, min(a + L - 1, max_len)) for a in range(L, max_len, L - 1)]
 table = []
 for w, (a, b) in enumerate(bounds):

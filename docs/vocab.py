@@ -42,7 +42,7 @@ for kind, name in datasets.items():
     subprocess.run([sys.executable, os.path.join(here, '..', 'train.py'), os.path.join(here, '..', 'config', 'train_tinystories.py'),
                     f'--dataset={name}', f'--out_dir={out_dir}', f'--max_iters={max_iters}', f'--eval_interval={eval_interval}',
                     *(['--overwrite=True'] if overwrite else [])], check=True)
-    evals = [json.loads(line) for line in open(os.path.join(out_dir, 'log.jsonl'))]
+    evals = [e for e in map(json.loads, open(os.path.join(out_dir, 'log.jsonl'))) if 'seconds' in e]  # its evaluations
     meta = json.load(open(os.path.join('data', name, 'meta.json')))
     runs[kind] = dict(dataset=name, vocab_size=meta['vocab_size'], evals=evals[-(max_iters // eval_interval):])
 for kind, r in runs.items():
