@@ -342,8 +342,6 @@ model_args = dict(seq_len=seq_len, vocab_size=vocab_size, n_layer=n_layer, n_hea
 intervals = dict(noise_clip)  # the noise interval of each block size; the search (noise_search) updates it
 iter_num, best_val_loss, saved_iter = 0, 1e9, None
 log_mode = 'a' if init_from == 'resume' or eval_only else 'w'  # how log_line opens out_dir/log.jsonl the first time
-
-
 if init_from == 'resume':
     iter_num, best_val_loss, saved_iter = checkpoint['iter_num'], checkpoint.get('best_val_loss', 1e9), checkpoint['iter_num']
     intervals = dict(checkpoint.get('intervals', intervals))  # what its noise search found, if it ran
