@@ -43,7 +43,7 @@ import urllib.request
 
 import numpy as np
 
-from configurator import configure, fail, guard
+from configurator import check, configure, fail, guard
 from judge import Judge, boot_se, matched_entropy, real_word_rate, words
 from load import Tokenizer
 
@@ -84,11 +84,6 @@ schedules = False               # also sample the DiD model under the faster sch
 configure(globals(), sys.argv[1:])
 here = os.path.dirname(os.path.abspath(__file__))
 TINY_SHAKESPEARE = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
-
-
-def check(ok, msg):
-    if not ok:
-        raise ValueError(msg)
 
 
 def numbers(xs, lo, hi):

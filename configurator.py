@@ -89,6 +89,12 @@ def usage(cfg):
     raise SystemExit(0)
 
 
+def check(ok, msg):
+    """A script's check functions (check_config, check_settings, ...): one ValueError, its message the fix."""
+    if not ok:
+        raise ValueError(msg)
+
+
 def check_device(device, dtype):
     """One line, and the fix, for a device or dtype this machine cannot run (train.py, sample.py, bench.py)."""
     if not re.fullmatch(r'cpu|mps|cuda(:\d+)?', device):

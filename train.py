@@ -31,7 +31,7 @@ import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import check_device, configure, fail, guard
+from configurator import check, check_device, configure, fail, guard
 from did import DiD, DiDConfig, add_noise, clipped_schedule_search, diffusion_loss, nelbo, search_intervals
 from load import load_bd3lm, load_checkpoint
 from mfu import attention_fraction, estimate_flops, peak_flops as peak_flops_of  # peak_flops is also a setting here
@@ -92,11 +92,6 @@ seed = 1337
 # -----------------------------------------------------------------------------
 config_keys, given = configure(globals(), sys.argv[1:])  # apply config/*.py files, then --key=value overrides
 RUN_KEYS = ('out_dir', 'init_from', 'eval_only', 'overwrite', 'device', 'dtype', 'compile', 'flex', 'peak_flops')
-
-
-def check(ok, msg):
-    if not ok:
-        raise ValueError(msg)
 
 
 def number(x):
@@ -379,9 +374,6 @@ for ck in (checkpoint, source):
 if master_process:
     print(f"tokens per iteration: {total_batch_size:,} ({world} processes x {grad_accum} micro-steps x {batch_size} x {seq_len})")
     print(f"model: {model.get_num_params() / 1e6:.2f}M parameters, vocab {model_args['vocab_size']} (MASK = {model_args['vocab_size'] - 1})")
-    if warmup_iters > max_iters and not eval_only:  # allowed (a short test run), but said
-        print(f"note: --warmup_iters={warmup_iters} is more than --max_iters={max_iters}: the learning rate stays in its "
-              f"warmup and ends at {learning_rate * max_iters / (warmup_iters + 1):.2e}, not --learning_rate={learning_rate:.2e}")
     if source is not None:
         print(f"fine-tuning {src_path} (iteration {source['iter_num']}): its weights and EMA, a fresh optimizer, "
               f"noise intervals from noise_clip")
@@ -516,6 +508,9 @@ signal.signal(signal.SIGTERM, on_signal)
 start_iter = iter_num
 if master_process and start_iter:
     print(f"resuming from iteration {start_iter} of {ckpt_path}")
+if master_process and warmup_iters > max_iters:  # allowed (a short test run), but said
+    print(f"note: --warmup_iters={warmup_iters} is more than --max_iters={max_iters}: the learning rate stays in its "
+          f"warmup and ends at {get_lr(max_iters - 1):.2e}, not --learning_rate={learning_rate:.2e}")
 t0 = t_start = time.time()
 running = {'tokens': 0, 'flops': 0.0, 'dt': 0.0}
 stopping = False
