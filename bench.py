@@ -5,12 +5,17 @@ $ python bench.py                     # --shape=tiny: 4 layers x 256 wide, L=256
 $ python bench.py --shape=owt         # 12 x 768, L=1024 (BD3-LM small): on a GPU
 $ python bench.py --vocab_size=67     # the same shape with a character vocabulary
 $ python bench.py --shape=owt --schedules=False --out=bench.json   # the rows gpu_check.py needs, as JSON
+$ python bench.py --floor=True --out=floor.json   # the draft per forward: eager, compiled, and the matmul floor
 
 Training: seconds per optimizer step, data tokens/s and MFU (GPU) for block diffusion at B=4 (the 2L path),
 global diffusion B=L and the causal AR model, at the same shape and batch, and the bf16-autocast loss against
 fp32 on one batch. Sampling: generated tokens/s of
 the KV-cached draft at batch 1 and batch sample_batch, the uncached draft, and refinement at gamma 0.25/0.5
 (their cost relative to the draft), plus cached vs uncached at L=long_len.
+--floor=True instead: for the quick start's shape, the TinyStories GPU recipe's and BD3-LM small's, at batch 1 and
+sample_batch, the time per draft forward eager and compiled (fast.py), the time of the same forwards' matmuls alone
+(the floor: what a forward would cost with no overhead at all), the compile time, and the generated tokens after which
+compiling has paid for itself; then the same for a global stage's forward at batch 1.
 """
 
 import contextlib
@@ -22,6 +27,7 @@ import torch
 
 from configurator import check_device, configure
 from did import DiD, DiDConfig, Sampling, Stage, add_noise, generate
+from fast import compiled_steps
 from mfu import attention_fraction, estimate_flops, peak_flops
 
 # -----------------------------------------------------------------------------
@@ -40,6 +46,9 @@ out = ''                        # also write every row as JSON to this file
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
 dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'
 compile = False                 # torch.compile the training forward
+floor = False                   # only the draft and global forwards against the matmul floor, eager and compiled (see above)
+floor_models = ['quickstart', 'tinystories', 'bd3lm']  # which of FLOOR_MODELS
+floor_blocks = 8                # draft blocks timed per row (a full draft of BD3-LM small at batch 32 takes ~10 min on a CPU)
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
 check_device(device, dtype)
@@ -55,12 +64,113 @@ if head_std < 0:
     raise SystemExit(f"error: --head_std={head_std} must be >= 0 (the spread of the random head weights)")
 if not skip_long and (long_len < 8 or long_len % 4):
     raise SystemExit(f"error: --long_len={long_len} must be a multiple of the drafting block, 4, and at least 8")
+FLOOR_MODELS = {'quickstart': dict(n_layer=4, n_head=4, n_embd=256, seq_len=256, vocab_size=10559),  # config/train_tinystories.py
+                'tinystories': dict(n_layer=12, n_head=12, n_embd=768, seq_len=256, vocab_size=10559),  # its GPU recipe
+                'bd3lm': dict(n_layer=12, n_head=12, n_embd=768, seq_len=1024, vocab_size=50258),  # BD3-LM small, OWT
+                'smoke': dict(n_layer=1, n_head=2, n_embd=32, seq_len=32, vocab_size=1001)}  # gpu_check.py --smoke: measures nothing
+if floor and (not floor_models or set(floor_models) - set(FLOOR_MODELS) or floor_blocks < 1):
+    raise SystemExit(f"error: --floor_models={floor_models} must name some of {list(FLOOR_MODELS)}, and --floor_blocks={floor_blocks} be >= 1")
 torch.manual_seed(0)
 ctx = contextlib.nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device.split(':')[0], dtype=getattr(torch, dtype))
 sync = torch.cuda.synchronize if 'cuda' in device else (lambda: None)
 peak = peak_flops(device)
 print(f"device {device} ({torch.cuda.get_device_name() if 'cuda' in device else f'{torch.get_num_threads()} threads'}), "
-      f"dtype {dtype}, shape {shape} {SHAPES[shape]}, vocab {vocab_size}")
+      f"dtype {dtype}" + ('' if floor else f", shape {shape} {SHAPES[shape]}, vocab {vocab_size}"))
+
+
+
+class Stop(Exception):
+    pass
+
+
+def forwards(model, B, stage, n, steps=None):
+    """Seconds for n reveal forwards of generate's stage, the seconds of the whole call, and how many trunk forwards
+    the n were (the draft's cache passes among them): the first half of the sequence is a prompt, and the clock runs
+    from the first reveal to the n+1-th, so the attention sees the context a whole draft averages, without drafting
+    all of it."""
+    L, V = model.config.seq_len, model.config.vocab_size
+    prompt = [0] + torch.randint(0, V - 1, (L // 2 - 1,), generator=torch.Generator().manual_seed(0)).tolist()
+    sync()
+    ticks = [time.perf_counter()]
+    def hook(event, k, data):
+        if event == 'reveal':
+            sync()
+            ticks.append(time.perf_counter())
+            if len(ticks) == n + 2:
+                raise Stop
+    try:
+        with ctx:
+            generate(model, prompt, list(range(B)), Sampling((stage,), nucleus='standard'), hook=hook, steps=steps)
+    except Stop:
+        pass
+    return ticks[-1] - ticks[1], ticks[-1] - ticks[0], n + n // stage.block_size if stage.block_size < L else n
+
+
+def matmul_floor(model, B, stage, n, reps=3):
+    """Seconds for the matmuls alone of forwards(model, B, stage, n), in the same order: per forward, every linear layer
+    of the trunk at its rows (B x the block), then the head at one row per sequence (random order; the draft's cache
+    passes have no head), on random inputs, so the weights stream through the caches as in the sampler; best of reps."""
+    T = stage.block_size
+    lins = [m for blk in model.h for m in (blk.attn.c_attn, blk.attn.c_proj, blk.mlp.c_fc, blk.mlp.c_proj)]
+    xs = [torch.randn(B * T, m.in_features, device=device) for m in lins]
+    h, w_t = torch.randn(B, model.config.n_embd, device=device), model.lm_head.weight.t().contiguous()
+    heads = [True] * n if T == model.config.seq_len else (([True] * T + [False]) * n)[:n + n // T]
+    best = float('inf')
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        with ctx, torch.no_grad():
+            for head in heads:
+                for m, x in zip(lins, xs):
+                    torch.nn.functional.linear(x, m.weight, m.bias)
+                if head:
+                    torch.addmm(model.lm_head.bias, h, w_t)
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def floor_rows():
+    """The --floor=True table: per model, batch and stage, ms per forward eager / compiled / matmuls alone."""
+    print(f"{'model':<12}{'stage':<8}{'batch':>6}{'eager ms':>10}{'compiled':>10}{'floor':>8}{'speedup':>9}"
+          f"{'overhead eager':>16}{'compiled':>10}{'compile s':>11}{'pays after':>12}")
+    for name in floor_models:
+        torch.manual_seed(0)
+        model = DiD(DiDConfig(**FLOOR_MODELS[name])).to(device).eval()
+        with torch.no_grad():
+            model.lm_head.weight.normal_(0, head_std)
+        L, steps = model.config.seq_len, compiled_steps(model)
+        cases = [(Stage(4), B, 4 * floor_blocks) for B in (1, sample_batch)] + [(Stage(L), 1, 4)]
+        for stage, B, n in cases:
+            eager, _, fwd = forwards(model, B, stage, n)
+            _, first, _ = forwards(model, B, stage, n, steps)  # the first call compiles
+            comp, comp_call, _ = min(forwards(model, B, stage, n, steps) for _ in range(2))
+            eager = min(eager, forwards(model, B, stage, n)[0])
+            mm = matmul_floor(model, B, stage, n)
+            per_tok = lambda s: s / (n * B)  # seconds per generated token
+            gain = per_tok(eager) - per_tok(comp)
+            pays = (first - comp_call) / gain if gain > 0 else float('inf')  # tokens generated before the compile time is back
+            r = dict(model=name, shape=FLOOR_MODELS[name], stage='draft' if stage.block_size < L else 'global', batch=B,
+                     forwards=fwd, eager_ms=1e3 * eager / fwd, compiled_ms=1e3 * comp / fwd, floor_ms=1e3 * mm / fwd,
+                     speedup=eager / comp, overhead_eager=1 - mm / eager, overhead_compiled=1 - mm / comp,
+                     compiled_vs_floor=comp / mm, compile_s=first - comp_call, pays_after_tokens=pays if gain > 0 else None,  # None: never
+                     eager_tok_per_s=n * B / eager, compiled_tok_per_s=n * B / comp)
+            results['floor'].append(r)
+            print(f"{name:<12}{r['stage']:<8}{B:>6}{r['eager_ms']:>10.2f}{r['compiled_ms']:>10.2f}{r['floor_ms']:>8.2f}"
+                  f"{r['speedup']:>8.2f}x{r['overhead_eager']:>16.0%}{r['overhead_compiled']:>10.0%}{r['compile_s']:>11.1f}"
+                  f"{pays:>12,.0f}", flush=True)
+
+
+if floor:
+    import torch._inductor.config
+    torch._inductor.config.force_disable_caches = True  # compile times as a user's first run pays them (later runs: ~1/4)
+    results['floor'] = []
+    print(f"the draft (blocks of 4, one token per forward, random order) and a global stage, per forward; random weights "
+          f"(head std {head_std}); {floor_blocks} blocks of the draft and 4 forwards of the global stage after a prompt of L/2; best of 2")
+    floor_rows()
+    if out:
+        json.dump(results, open(out, 'w'), indent=1)
+    sys.exit(0)
 
 cfg = DiDConfig(vocab_size=vocab_size, **SHAPES[shape])
 L = cfg.seq_len

@@ -55,7 +55,6 @@ def generate_long(model, prompt, seeds, max_len, sampling=PAPER, stop=None, hook
     bs, W, P = stages[0].block_size, L // 2, len(prompt)
     device = model.lm_head.weight.device
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    draw = sampling.draw
     n_blocks = -(-max_len // bs)
     x = torch.full((len(seeds), n_blocks * bs), mask_id, dtype=torch.long, device=device)
     x[:, :P] = torch.tensor(prompt, dtype=torch.long, device=device)
@@ -73,7 +72,7 @@ def generate_long(model, prompt, seeds, max_len, sampling=PAPER, stop=None, hook
             cache.advance(W)
         pos = torch.arange(start - off, start - off + bs, device=device)
         forward = lambda: (model.hidden(xa[:, start:start + bs], pos, cache=cache), bs)  # noqa: E731
-        fill(model, xa, ca, slice(start, start + bs), stages[0], ga, draw, forward, None, weight_t)
+        fill(model, xa, ca, slice(start, start + bs), stages[0], ga, sampling, forward, None, weight_t)
         model.hidden(xa[:, start:start + bs], pos, cache=cache)  # the clean block's keys and values
         cache.advance(bs)
         blk = xa[:, start:start + bs]
@@ -92,11 +91,11 @@ def generate_long(model, prompt, seeds, max_len, sampling=PAPER, stop=None, hook
         ga = [g for g, k in zip(ga, keep.tolist()) if k]
         cache.k, cache.v = cache.k[:, keep], cache.v[:, keep]
     for o, g in zip(out, gens):  # the refine: each window of each row on its own
-        refine_windows(model, o, prompt, stages[1:], g, sampling.remask, draw, stop)
+        refine_windows(model, o, prompt, stages[1:], g, sampling, stop)
     return out
 
 
-def refine_windows(model, o, prompt, stages, gen, remask, draw, stop=None):
+def refine_windows(model, o, prompt, stages, gen, sampling, stop=None):
     """generate_long's refine of one drafted row o (tokens, conf, stopped), in place: windows [0, L), then prompt[0]
     + the next L - 1 tokens, and so on; each window remasks gamma of its own generated tokens, sees only itself,
     and starts as a training window does. Records the draft and the remasked positions in o."""
@@ -112,9 +111,9 @@ def refine_windows(model, o, prompt, stages, gen, remask, draw, stop=None):
         fixed[:, :P if w == 0 else 1] = True
         fixed[:, -1] |= o['stopped'] and b == n  # the stop token that ended the row stays
         for stage in stages:
-            sel = lowest(model, xw, cw, [gen], math.floor(stage.gamma * (xw.size(1) - int(fixed.sum()))), fixed, remask)
+            sel = lowest(model, xw, cw, [gen], math.floor(stage.gamma * (xw.size(1) - int(fixed.sum()))), fixed, sampling.remask)
             xw[sel] = mask_id
-            denoise(model, xw, cw, replace(stage, block_size=xw.size(1)), [gen], draw)
+            denoise(model, xw, cw, replace(stage, block_size=xw.size(1)), [gen], sampling)
             o['remasked'] += [a + j - len(head) for j in sel[0].nonzero().flatten().tolist()]
         o['tokens'][a:b], o['conf'][a:b] = xw[0, len(head):].tolist(), cw[0, len(head):].tolist()
     if stop is not None and stop in o['tokens'][P:-1]:  # a refine that wrote the stop token earlier ends the row there

@@ -23,9 +23,9 @@ Sections, in the paper's order:
   2. attention masks
   3. forward noise, the loss, the NELBO and BD3-LM's clipped noise schedule (training)
   4. sampling (inference): draft, remask, refine; first the exact sampler, then its faster schedules
-Beyond the paper's fixed length (infilling with the global stage, text of any length) is in beyond.py, loading
-checkpoints (ours, BD3-LM's) in load.py, scoring samples in judge.py, MFU in mfu.py, the scripts' settings in
-configurator.py.
+Beyond the paper's fixed length (infilling with the global stage, text of any length) is in beyond.py, the sampler
+as compiled static-shape steps (the same tokens) in fast.py, loading checkpoints (ours, BD3-LM's) in load.py,
+scoring samples in judge.py, MFU in mfu.py, the scripts' settings in configurator.py.
 """
 
 import contextlib
@@ -493,7 +493,7 @@ PAPER = Sampling()  # the paper's sampler, with which its numbers were made (the
 
 
 @torch.no_grad()
-def generate(model, prompt, seeds, sampling=PAPER, use_cache=True, hook=None):
+def generate(model, prompt, seeds, sampling=PAPER, use_cache=True, hook=None, steps=None):
     """Diffusion in Diffusion: generate len(seeds) sequences of seq_len tokens in the stages of sampling (the paper's:
     draft with blocks of 4, then remask 25% of the generated tokens and denoise them with one global block).
 
@@ -503,13 +503,13 @@ def generate(model, prompt, seeds, sampling=PAPER, use_cache=True, hook=None):
     whatever batch it runs in. hook(event, stage, data): told of every stage's 'remask' (the positions, (B, L) bool)
     and every forward's 'reveal' (see denoise), for progress bars and replays. Returns a dict: tokens (B, L), conf
     (B, L) snapshot confidences (1 on the prompt), and per stage: remasked (B, L) bool, history (B, L) tokens after
-    the stage, stats (forward counts per row)."""
+    the stage, stats (forward counts per row). steps: fast.compiled_steps(model), or None (see denoise)."""
     L, mask_id = model.config.seq_len, model.config.mask_id
     sampling.check(L, len(prompt))
     device = model.lm_head.weight.device
     x = torch.full((len(seeds), L), mask_id, dtype=torch.long, device=device)
     x[:, :len(prompt)] = torch.tensor(prompt, dtype=torch.long, device=device)
-    return diffuse(model, x, x != mask_id, seeds, sampling, use_cache, hook)
+    return diffuse(model, x, x != mask_id, seeds, sampling, use_cache, hook, steps)
 
 
 @torch.no_grad()
@@ -530,7 +530,7 @@ def generate_ar(model, prompt, seeds, sampling=PAPER):
     return dict(tokens=x, conf=conf)
 
 
-def diffuse(model, x, fixed, seeds, sampling, use_cache=True, hook=None):
+def diffuse(model, x, fixed, seeds, sampling, use_cache=True, hook=None, steps=None):
     """The stages of generate on a given x (B, T): the first denoises every MASK, each later one remasks gamma of
     the positions that are not fixed (B, T) and denoises them again. Used by generate and infill."""
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]  # on the CPU: a row's draws are the same anywhere
@@ -543,7 +543,7 @@ def diffuse(model, x, fixed, seeds, sampling, use_cache=True, hook=None):
         remasked.append(sel)
         if hook:
             hook('remask', k, sel)
-        stats.append(denoise(model, x, conf, stage, gens, sampling.draw, use_cache, hook and (lambda e, d, k=k: hook(e, k, d))))
+        stats.append(denoise(model, x, conf, stage, gens, sampling, use_cache, hook and (lambda e, d, k=k: hook(e, k, d)), steps))
         history.append(x.clone())
     return dict(tokens=x, conf=conf, remasked=remasked, history=history, stats=stats)
 
@@ -572,28 +572,35 @@ def posthoc_confidence(model, x):
 
 
 @torch.no_grad()
-def denoise(model, x, conf, stage, gens, draw, use_cache=True, hook=None):
+def denoise(model, x, conf, stage, gens, sampling, use_cache=True, hook=None, steps=None):
     """Fill every MASK of x (B, T) in place, block by block, left to right; conf gets each revealed token's
     probability. Returns per-row counts as a batch-1 sampler would make them: nfe (forwards in which the row
     reveals a token), cache_passes (the draft's KV-cache writes) and token_forwards (tokens through the trunk).
-    hook(event, data), if given, hears every forward's 'reveal': (the positions it revealed (B, T) bool, x, conf)."""
+    hook(event, data), if given, hears every forward's 'reveal': (the positions it revealed (B, T) bool, x, conf).
+    steps: fast.compiled_steps(model), to run the draft's forwards and reveals and the global stages' trunk as
+    compiled static-shape steps, for the same tokens; None: this eager code, the reference."""
     B, T = x.shape
     stats = {k: torch.zeros(B, dtype=torch.long) for k in ('nfe', 'cache_passes', 'token_forwards')}
-    forward = (GlobalForward(model, x, stage.refresh, use_cache) if stage.block_size == T else
-               BlockForward(model, x, stage.block_size, use_cache))
+    if stage.block_size == T:
+        forward = GlobalForward(model, x, stage.refresh, use_cache, steps and steps['hidden'])
+    elif steps and use_cache:
+        forward = steps['blocks'](model, x, stage.block_size)
+    else:
+        forward = BlockForward(model, x, stage.block_size, use_cache)
     weight_t = model.lm_head.weight.t().contiguous()  # (C, V), see DiD.logits
+    static = steps['reveal'] if steps and stage.block_size < T else None
     for start in range(0, T, stage.block_size):
-        fill(model, x, conf, slice(start, start + stage.block_size), stage, gens, draw, partial(forward, start), stats,
-             weight_t, hook)
+        fill(model, x, conf, slice(start, start + stage.block_size), stage, gens, sampling, partial(forward, start), stats,
+             weight_t, hook, static)
         forward.block_done(start, stats)
     return stats
 
 
-def fill(model, x, conf, blk, stage, gens, draw, forward, stats=None, weight_t=None, hook=None):
+def fill(model, x, conf, blk, stage, gens, sampling, forward, stats=None, weight_t=None, hook=None, static=None):
     """Reveal every MASK of x's block blk (a slice of positions), one forward() -> (hidden states of the block,
     tokens it ran) at a time, as many tokens per forward as the stage's schedule says; stats, if given, counts
     the forwards per row (see denoise). Where it reads values (a GPU sync): the masked count once per block,
-    and with a threshold the count each forward revealed."""
+    and with a threshold the count each forward revealed (static: see reveal_tokens)."""
     n = blk.stop - blk.start
     left = (x[:, blk] == model.config.mask_id).sum(1).cpu()  # (B,) masked per row (a device sync per block)
     m, s = left.clone(), 0
@@ -605,13 +612,9 @@ def fill(model, x, conf, blk, stage, gens, draw, forward, stats=None, weight_t=N
         u = row_uniforms(gens, k, n).to(x.device)  # (B, 2, n): position choice, token choice
         h, n_tok = forward()  # (B, n, C): the block's hidden states
         still = x[:, blk] == model.config.mask_id
-        kd = k.to(x.device)
-        if stage.order == 'random':
-            reveal, tok, p = reveal_random(model, h, still, kd, u, draw, weight_t)
-        else:
-            reveal, tok, p = reveal_confident(model, h, still, kd, u, draw, weight_t, stage.threshold)
-        x[:, blk][reveal] = tok
-        conf[:, blk][reveal] = p.to(conf.dtype)
+        reveal, tok, p = reveal_tokens(model, h, still, k.to(x.device), u, sampling, stage, weight_t, static)  # (B, n) each
+        x[:, blk] = torch.where(reveal, tok, x[:, blk])
+        conf[:, blk] = torch.where(reveal, p.to(conf.dtype), conf[:, blk])
         if hook:  # the positions this forward revealed, (B, T), and the live x and conf
             hook('reveal', (torch.zeros_like(x, dtype=torch.bool).index_copy_(1, torch.arange(blk.start, blk.stop, device=x.device), reveal), x, conf))
         left -= k if stage.threshold is None else reveal.sum(1).cpu()  # the threshold decided how many: a sync
@@ -637,13 +640,29 @@ def row_uniforms(gens, k, n):
     return u
 
 
+def reveal_tokens(model, h, still, k, u, sampling, stage, weight_t=None, static=None):
+    """The stage's reveal rule on a block's hidden states h (B, n, C): the revealed positions, their tokens and
+    probabilities, each (B, n). static: fast.reveal_one compiled, for the stages it covers (one token per forward)
+    whenever every drawn row's nucleus is within its reach; else the exact rules below."""
+    if static is not None and stage.steps is None and stage.threshold is None:
+        reveal, tok, p, ok = static(model, h, still, k, u, sampling, stage.order == 'confidence', weight_t)
+        if ok:  # a Python bool: reading it was a GPU sync, the price of the fallback
+            return reveal, tok, p
+    if stage.order == 'random':
+        reveal, tok, p = reveal_random(model, h, still, k, u, sampling.draw, weight_t)
+    else:
+        reveal, tok, p = reveal_confident(model, h, still, k, u, sampling.draw, weight_t, stage.threshold)
+    dense = lambda v: torch.zeros(still.shape, dtype=v.dtype, device=v.device).masked_scatter(reveal, v)
+    return reveal, dense(tok), dense(p)
+
+
 def reveal_random(model, h, still, k, u, draw, weight_t=None):
     """BD3-LM's first-hitting step: reveal k[i] random masked positions of row i (the highest u[i, 0] among them);
     the head runs at those positions only (drawing everywhere and keeping one would throw the other draws away).
     h (B, n, C) hidden states of a block of n positions, still (B, n) its masked positions. Returns the revealed
     positions (B, n) bool, their tokens and probabilities (in row-major order)."""
     score = torch.where(still, u[:, 0], -1.0)
-    rank = score.argsort(dim=1, descending=True).argsort(dim=1)
+    rank = score.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
     reveal = still & (rank < k[:, None])
     tok, p = draw(model.logits(h[reveal], weight_t), u[:, 1][reveal])
     return reveal, tok, p
@@ -722,8 +741,9 @@ class GlobalForward:
     the forwards in between run the stage's masked positions alone, against every other position's keys and values
     as the last full forward left them (StaleKV): an approximation, cheaper by about L / (masked positions)."""
 
-    def __init__(self, model, x, refresh, use_cache):
+    def __init__(self, model, x, refresh, use_cache, hidden=None):  # hidden: model.hidden, or it compiled
         self.model, self.x, self.refresh, self.n = model, x, refresh, 0
+        self.hidden = hidden or model.hidden
         self.active = None
         if use_cache and refresh != 1:
             masked = x == model.config.mask_id
@@ -738,7 +758,7 @@ class GlobalForward:
         pos = torch.arange(L, device=self.x.device)
         self.n += 1
         if self.active is None:
-            return self.model.hidden(self.x, pos), L
+            return self.hidden(self.x, pos), L
         if self.n == 1 or (self.refresh > 0 and (self.n - 1) % self.refresh == 0):
             return self.model.hidden(self.x, pos, cache=self.stale), L  # refreshes every key and value
         a = self.active
@@ -800,17 +820,22 @@ def sample_tokens(logits, u, top_p=0.9, temperature=1.0, nucleus='standard'):
     rows = torch.arange(len(probs), device=probs.device)
     for k in (64, 1024, probs.size(-1)):
         p = probs if len(rows) == len(probs) else probs[rows]
-        sp, si = p.topk(min(k, probs.size(-1)), dim=-1)  # (n, k), sorted descending
-        ok = (sp.sum(-1) >= top_p) | (k >= probs.size(-1))
-        sp, si = sp[ok], si[ok]
-        if nucleus == 'bd3lm':  # keep a token if the mass up to and including it is <= top_p, and the first
-            keep = sp.cumsum(-1) <= top_p
-            keep[:, 0] = True
-        else:  # keep a token if the mass before it is below top_p
-            keep = (sp.cumsum(-1) - sp) < top_p
-        sp = sp * keep
-        tok[rows[ok]] = si.gather(-1, inverse_cdf(sp, u[rows[ok]])[:, None]).squeeze(-1)
+        t, ok = nucleus_topk(p, u[rows], k, top_p, nucleus)
+        tok[rows[ok]] = t[ok]
         rows = rows[~ok]
         if len(rows) == 0:
             break
     return tok, probs.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def nucleus_topk(probs, u, k, top_p, nucleus):
+    """One pass of sample_tokens' nucleus draw over each row's k most probable tokens: the drawn tokens (N,), and
+    whether the row's nucleus lies within those k (N,) bool (where it does not, its token is meaningless)."""
+    sp, si = probs.topk(min(k, probs.size(-1)), dim=-1)  # (N, k), sorted descending
+    ok = (sp.sum(-1) >= top_p) | (k >= probs.size(-1))
+    if nucleus == 'bd3lm':  # keep a token if the mass up to and including it is <= top_p, and the first
+        keep = sp.cumsum(-1) <= top_p
+        keep[:, 0] = True
+    else:  # keep a token if the mass before it is below top_p
+        keep = (sp.cumsum(-1) - sp) < top_p
+    return si.gather(-1, inverse_cdf(sp * keep, u)[:, None]).squeeze(-1), ok

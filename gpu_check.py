@@ -1,17 +1,21 @@
 """
 The first minutes on a GPU: every number this repository has not measured yet, from one command, into one JSON.
 
-$ python gpu_check.py                      # one CUDA GPU (H100 / H200), under 10 minutes: gpu_check.json
+$ python gpu_check.py                      # one CUDA GPU (H100 / H200), about 10 minutes: gpu_check.json
 $ python gpu_check.py --smoke=True         # any machine, seconds: the same steps at a toy shape (the tests run it)
 
 1. bench.py at the paper's shape (BD3-LM small: 12 x 768, L=1024, GPT-2 vocabulary, batch 16): training step time,
    tokens/s and MFU of block diffusion B=4 with dense SDPA and with FlexAttention, global B=L and AR; the loss under
    bf16 autocast against fp32 on one batch; sampling at L=1024: the KV-cached draft at batch 1 and 32, the exact
    refine, and sample.py's default refine.
-2. torchrun --nproc_per_node=1 train.py config/train_did_owt.py on synthetic tokens (a sparse Markov chain over
+2. bench.py --floor=True: the draft's and a global stage's forwards eager, compiled as CUDA graphs (fast.py), and
+   their matmuls alone, for the quick start's shape and BD3-LM small's, at batch 1 and 32, with the compile time
+   and the tokens after which compiling pays (what sample.py --compile's default should be on a GPU); a few
+   minutes, most of them compiling (--floor=False skips it).
+3. torchrun --nproc_per_node=1 train.py config/train_did_owt.py on synthetic tokens (a sparse Markov chain over
    1,000 GPT-2 ids: learnable, so the loss must fall) for `steps` iterations; then the same run stopped halfway
    and resumed, whose losses after the resume must equal the uninterrupted run's.
-3. train.py config/train_tinystories_gpu.py (the quick start's recipe at GPT-2 small's size, compact vocabulary) on
+4. train.py config/train_tinystories_gpu.py (the quick start's recipe at GPT-2 small's size, compact vocabulary) on
    the same synthetic tokens for `steps` iterations: its tokens/s and MFU, so its README line can give a time.
 """
 
@@ -31,6 +35,7 @@ smoke = False                   # a toy shape on any device (seconds): checks th
 out = 'gpu_check.json'          # the results
 work_dir = 'out-gpu-check'      # its synthetic data and training runs
 steps = 200                     # training iterations of the loss and resume check
+floor = True                    # step 2, the compiled sampler's rows (most of its time is compiling: a few minutes)
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
 here = os.path.dirname(os.path.abspath(__file__))
@@ -63,7 +68,15 @@ shape = ['--shape=smoke', '--vocab_size=1001', '--sample_batch=2', '--train_iter
 run([sys.executable, os.path.join(here, 'bench.py'), *shape, '--schedules=False', '--skip_long=True', f'--out={bench_json}'])
 results['bench'] = json.load(open(bench_json))
 
-# 2. training on synthetic tokens: the loss falls, and a resume continues exactly
+# 2. the compiled sampler against eager and the matmul floor (the 12 x 768 TinyStories shape behaves as BD3-LM's here)
+floor_json = os.path.abspath(os.path.join(work_dir, 'floor.json'))
+models = ["--floor_models=['smoke']", '--floor_blocks=1', '--sample_batch=1'] if smoke else \
+         ["--floor_models=['quickstart', 'bd3lm']", '--sample_batch=32']
+if floor:
+    run([sys.executable, os.path.join(here, 'bench.py'), '--floor=True', *models, f'--out={floor_json}'])
+results['floor'] = json.load(open(floor_json))['floor'] if floor else []
+
+# 3. training on synthetic tokens: the loss falls, and a resume continues exactly
 rng = np.random.default_rng(0)
 nxt = rng.integers(0, 1000, (1000, 4))  # each id is followed by one of 4 others: log 4 nats per token at best
 n = 200_000 if smoke else 2_000_000  # tokens of the chain
@@ -106,7 +119,7 @@ results['train'] = dict(steps=steps, seconds=seconds, first_loss=first, last_los
                         resumed_iterations=sorted(resumed), resume_max_abs_diff=diff, resume_exact=diff == 0.0,
                         losses={i: e['loss'] for i, e in straight.items()})
 
-# 3. the TinyStories GPU recipe's speed (its vocabulary: the ~10.6K ids of prepare_owt.py --compact)
+# 4. the TinyStories GPU recipe's speed (its vocabulary: the ~10.6K ids of prepare_owt.py --compact)
 ts = os.path.join(work_dir, 'data', 'synthetic_ts')
 os.makedirs(ts, exist_ok=True)
 ids[:n * 9 // 10].tofile(os.path.join(ts, 'train.bin'))
@@ -130,5 +143,8 @@ print(f"\n{results['device']}: training B=4 {b['training']['block diffusion B=4'
       f"{b['training']['block diffusion B=4']['mfu'] or 0:.1%}); bf16 vs fp32 loss {b['bf16_vs_fp32']['rel_diff']:.1e}; "
       f"train.py {tr['first_loss']:.3f} -> {tr['last_loss']:.3f} in {steps} steps, resume max |diff| {diff:.2e}; "
       f"wrote {out} ({results['seconds']:.0f} s)")
+for r in results['floor']:
+    print(f"{r['model']} {r['stage']} batch {r['batch']}: eager {r['eager_ms']:.2f} ms/forward, compiled {r['compiled_ms']:.2f} "
+          f"({r['speedup']:.2f}x), matmuls alone {r['floor_ms']:.2f}; compile {r['compile_s']:.0f} s")
 if not tr['loss_falls']:
     fail(f"the training loss did not fall ({first:.3f} -> {last:.3f}): see {out}")

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from configurator import check_device, configure, fail, guard
 from beyond import check_long, generate_long, infill as fill_holes
 from did import PAPER, Sampling, Stage, generate, generate_ar
+from fast import compiled_steps
 from judge import Judge, real_word_rate, unigram_entropy, words
 from load import Tokenizer, ema_model, load_checkpoint
 from replay import write_html
@@ -68,6 +69,8 @@ eval = False                    # score the samples: Gen PPL under --judge, unig
 eval_out = ''                   # with --eval: also write that row, every number in it, as JSON here (what ablate.py reads)
 judge = 'gpt2-large'            # the paper's judge (needs transformers), a local Hugging Face folder, or an AR run (--causal=True): its out_dir or ckpt.pt
 words_from = ''                 # a text file whose words count as real: print the samples' real-word rate; '' skips it
+compile = False                 # run the draft and exact global forwards as compiled static-shape steps (fast.py, the same tokens):
+                                # on a 2-core CPU it pays only after tens of thousands of tokens (README: Speed); not yet timed on a GPU
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'
 # -----------------------------------------------------------------------------
@@ -128,6 +131,8 @@ def check_settings():
         raise ValueError("--min_entropy is BD3-LM's rule for fixed-length samples: drop it with --max_len or --infill")
     if html and max_len:
         raise ValueError("--html replays fixed-length samples and infills: drop --max_len")
+    if compile and (max_len or infill):
+        raise ValueError("--compile=True compiles the fixed-length sampler: drop it with --max_len or --infill")
     if paper and set(SAMPLER) & given:
         raise ValueError(f"--paper is the paper's sampler: drop {', '.join('--' + k for k in SAMPLER if k in given)} (or --paper)")
     if eval_out and not eval:
@@ -139,9 +144,9 @@ def read_inputs():
     """The checkpoint, its tokenizer, the text to start from as ids and the stages, each checked against the model."""
     checkpoint = load_checkpoint(ckpt_path, device)
     causal = checkpoint['config'].get('causal', False)  # an AR model (train.py --causal=True): left to right, no stages
-    if causal and (infill or max_len or html or min_entropy):
+    if causal and (infill or max_len or html or min_entropy or compile):
         raise ValueError(f"{ckpt_path} is a causal (AR) model: it samples {checkpoint['model_args']['seq_len']} tokens left "
-                         f"to right; drop --infill, --max_len, --html and --min_entropy")
+                         f"to right; drop --infill, --max_len, --html, --min_entropy and --compile")
     tok = Tokenizer(checkpoint['meta'])
     L, mask_id = checkpoint['model_args']['seq_len'], checkpoint['model_args']['vocab_size'] - 1
     if infill and '_' not in infill:
@@ -220,10 +225,13 @@ run_stages = ','.join(':'.join([f'{s.block_size}:{s.gamma}'] + [f'{k}={v}' for k
 vocab, jd = guard(check_outputs, checkpoint['meta'])
 L, mask_id = checkpoint['model_args']['seq_len'], checkpoint['model_args']['vocab_size'] - 1
 model = ema_model(checkpoint, device)
+steps = compiled_steps(model) if compile else None  # compiled at its first use
 ctx = contextlib.nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device.split(':')[0], dtype=getattr(torch, dtype))
 mode = 'infill' if infill else f'max_len {max_len}' if max_len else f'{L} tokens'
 print(f"sampling {num_samples} x {mode} from {ckpt_path} (iter {checkpoint['iter_num']}): stages {run_stages}, "
       f"remask={remask}, top_p={top_p} ({nucleus}), temperature={temperature}, seed={seed}")
+if compile:
+    print("--compile=True: the first batch compiles the sampler first (tens of seconds, once per run; README: Speed)")
 
 
 def degenerate(draft):
@@ -275,7 +283,7 @@ def run(seeds):
             return [dict(seed=s, tokens=r['tokens'], text=tok.decode(r['tokens']), conf=[round(c, 5) for c in r['conf']],
                          remasked=[sorted(r['remasked'])], changed=[j for j, (a, b) in enumerate(zip(r['tokens'], r['draft'])) if a != b],
                          draft=r['draft'], stopped=r['stopped']) for s, r in zip(seeds, res)]
-        res = fill_holes(model, ids, seeds, sampling, hook=hook) if infill else generate(model, prompt_ids, seeds, sampling, hook=hook)
+        res = fill_holes(model, ids, seeds, sampling, hook=hook) if infill else generate(model, prompt_ids, seeds, sampling, hook=hook, steps=steps)
     recs = []
     for i, s in enumerate(seeds):
         tokens, draft = res['tokens'][i].tolist(), res['history'][0][i].tolist()

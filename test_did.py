@@ -396,6 +396,66 @@ def test_exact_sampler_equals_the_slow_reference():
             assert torch.equal(out['tokens'], ref), (stages, use_cache)
 
 
+STATIC_CASES = [  # (stages, model): drafts and refines in both orders, small blocks in a refine, schedules the
+    [Stage(4)], [Stage(4, order='confidence')], [Stage(4), Stage(32, 0.25)],  # static reveal does not cover (exact)
+    [Stage(4, order='confidence'), Stage(32, 0.5, order='confidence')], [Stage(8), Stage(4, 0.5, order='confidence')],
+    [Stage(4, order='confidence', steps=2), Stage(32, 0.25, order='confidence', threshold=0.5)]]
+
+
+@pytest.mark.parametrize('stages', STATIC_CASES, ids=lambda s: ','.join(f"{x.block_size}{x.order[0]}" for x in s))
+@pytest.mark.parametrize('V,std', [(40, 0.3), (1500, 0.5), (1500, 0.02)])
+def test_static_steps_give_the_eager_tokens(stages, V, std):
+    """fast.py's static-shape pieces, uncompiled (their logic; the compiled ones are checked below): token for token
+    the eager sampler, with the same confidences, in a batch of three. V=40: every nucleus is within the first reach
+    (64); V=1500, std 0.5: nuclei of hundreds, the first draw falls back to the exact rules and the rest reach 1024;
+    std 0.02: flat, longer than 1024, every draw falls back."""
+    from fast import compiled_steps
+    model = tiny_model(V=V, std=std)
+    ref = generate(model, [5, 6], [3, 4, 5], sampler(*stages, top_p=0.9))
+    out = generate(model, [5, 6], [3, 4, 5], sampler(*stages, top_p=0.9), steps=compiled_steps(model, compile=False))
+    assert torch.equal(out['tokens'], ref['tokens'])
+    assert torch.allclose(out['conf'], ref['conf'], rtol=1e-12)
+    assert all(torch.equal(a['nfe'], b['nfe']) for a, b in zip(out['stats'], ref['stats']))
+
+
+def test_sample_tokens_static_equals_sample_tokens_and_flags_long_nuclei():
+    """Rows with nuclei of every length (a few tokens, hundreds, all 1500): the static draw over the top 64 or 1024
+    gives sample_tokens' token and probability wherever it says ok, and says not ok exactly where the nucleus is
+    longer than its reach."""
+    from did import sample_tokens
+    from fast import sample_tokens_static
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 1500, generator=g, dtype=torch.float64) * torch.tensor([8.0, 3.0, 1.0, 0.3, 0.0, 5.0])[:, None]
+    u = torch.rand(6, generator=g, dtype=torch.float64)
+    flagged = set()
+    for nucleus, T, top_p in (('standard', 1.0, 0.9), ('bd3lm', 0.7, 0.9), ('standard', 1.3, 0.5), ('bd3lm', 0.0, 0.9), ('standard', 1.0, 1.0)):
+        tok, p = sample_tokens(logits, u, top_p, T, nucleus)
+        probs = F.softmax(logits / (T or 1.0), -1).sort(-1, descending=True).values
+        size = ((probs.cumsum(-1) - probs) < top_p).sum(-1) if 0 < top_p < 1 and T > 0 else torch.zeros(6)
+        for top in (64, 1024):
+            tok_s, p_s, ok = sample_tokens_static(logits, u, top_p, T, nucleus, top)
+            assert torch.equal(ok, size <= top), (nucleus, T, top_p, top)
+            assert torch.equal(tok_s[ok], tok[ok]) and torch.equal(p_s[ok], p[ok])
+            flagged |= {(top, i) for i in (~ok).nonzero().flatten().tolist()}
+    assert {(64, 2), (64, 4), (1024, 4)} <= flagged  # nuclei of hundreds and of 1350 tokens were among them
+
+
+@pytest.mark.slow
+def test_compiled_sampler_gives_the_eager_tokens():
+    """torch.compile'd static steps (on the CPU: inductor's C++ kernels) against the eager sampler: the same tokens
+    for drafts and refines, random and confidence order, in a batch of two; confidences to float32 rounding."""
+    from fast import compiled_steps
+    model = tiny_model(L=32, V=40).float()
+    steps = compiled_steps(model)
+    assert compiled_steps(model) is steps  # compiled once per model
+    for stages in ([Stage(4), Stage(32, 0.25)], [Stage(4, order='confidence'), Stage(32, 0.25, order='confidence')]):
+        ref = generate(model, [5], [3, 4], sampler(*stages))
+        for _ in range(2):  # the second call reuses the graphs and the cache tensors
+            out = generate(model, [5], [3, 4], sampler(*stages), steps=steps)
+            assert torch.equal(out['tokens'], ref['tokens']), stages
+            assert torch.allclose(out['conf'], ref['conf'], atol=1e-5)
+
+
 class KnownModel(torch.nn.Module):
     """A stand-in whose output distribution at position t we choose: its 'hidden state' is the position and its
     head reads a table (L, V) of log-probabilities. It records the tokens it is shown at every forward."""
@@ -843,6 +903,29 @@ def test_the_sampler_pieces_on_a_fake_accelerator_never_touch_the_cpu(fresh_mask
             assert lowest(model, x, conf, gens, 5, fixed, remask).device == x.device
         with pytest.raises(Exception, match='device'):  # what that would do: a CPU count in a device where()
             torch.where(k > 0, (still.sum(1).clamp(min=1)).cpu(), 0)
+
+
+def test_the_static_steps_on_a_fake_accelerator_never_touch_the_cpu(fresh_masks):
+    """fast.py's static-shape pieces (what CUDA graphs replay) on a fake accelerator: the static KV cache's block
+    forwards and clean pass, the fixed-shape reveal in both orders, and the global trunk. A CUDA graph may hold no
+    CPU tensor and no sync: here a CPU tensor fails (FakeTensorDeviceMismatchError), and so does reading a value."""
+    from fast import compiled_steps
+    mode, to = fake_accelerator()
+    model = tiny_model().float()
+    model._apply(to)
+    x = torch.randint(0, 39, (3, 32))
+    x[:, 10:] = 39
+    x, u = to(x), to(torch.rand(3, 2, 4))
+    steps = compiled_steps(model, compile=False)
+    with mode:
+        blocks = steps['blocks'](model, x, 4)
+        assert blocks.k[0].device == x.device and blocks.k[0].shape == (3, 2, 32, 8)
+        h, n = blocks(8)
+        blocks.block_done(8, {k: torch.zeros(3, dtype=torch.long) for k in ('cache_passes', 'token_forwards')})
+        for confidence in (False, True):
+            out = steps['reveal'].fn(model, h, x[:, 8:12] == 39, to(torch.tensor([1, 1, 0])), u, PAPER, confidence)
+            assert all(t.device == x.device for t in out) and out[1].shape == (3, 4)
+        assert steps['hidden'](x, to(torch.arange(32))).device == x.device
 
 
 def test_bf16_autocast_training_and_sampling_agree_with_fp32():
@@ -1541,6 +1624,7 @@ BAD = [  # (command, what the one line must say)
     (S + ['--html=exists.jsonl'], 'exists'),
     (S + ['--out=o.jsonl', '--html=o.jsonl'], 'two files'),
     (S + ['--stop_at_eos=True'], 'give --max_len'),
+    (S + ['--compile=True', '--max_len=300'], 'compiles the fixed-length sampler'),
     (S + ['--min_entropy=-1'], 'min_entropy'),
     (S + ['--stages=4:1.0:threshold=0.9:steps=2'], 'no steps'),
     (S + ['--dtype=float16'], 'needs CUDA'),
@@ -1554,6 +1638,7 @@ BAD = [  # (command, what the one line must say)
     (Bn + ['--train_iters=0'], 'train_iters=0'), (Bn + ['--warmup=-1'], 'warmup=-1'), (Bn + ['--vocab_size=1'], 'vocab_size=1'),
     (Bn + ['--sample_batch=0'], 'sample_batch=0'), (Bn + ['--head_std=-1'], 'head_std'), (Bn + ['--long_len=30'], 'long_len=30'),
     (Bn + ['--batch_size=0'], 'batch_size=0'), (Bn + ['--dtype=float16'], 'needs CUDA'),
+    (Bn + ['--floor=True', "--floor_models=['gpt5']"], 'floor_models'), (Bn + ['--floor=True', '--floor_blocks=0'], 'floor_blocks=0'),
     (A + ['--budget_frac=0'], 'budget_frac=0'), (A + ['--gammas=[2]'], 'remask ratios'), (A + ['--block_mix=1.5'], 'block_mix'),
     (A + ['--num_samples=1'], 'num_samples=1'), (A + ["--temperatures={'random': [1.0]}"], 'each order'),
     (A + ['--seeds=[1, 1]'], 'distinct'), (A + ['--finetune_iters=0'], 'finetune_iters=0'),
@@ -1959,7 +2044,8 @@ def test_bench_runs_end_to_end():
 
 @pytest.mark.slow
 def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
-    """The prepared GPU check, at its toy shape: the benchmark, train.py under torchrun, the resume check, one JSON."""
+    """The prepared GPU check, at its toy shape: the benchmark, the compiled sampler's rows, train.py under torchrun, the
+    resume check, one JSON."""
     out = run_here([sys.executable, os.path.join(ROOT, 'gpu_check.py'), '--smoke=True', '--steps=40',
                       f'--out={tmp_path}/gpu.json', f'--work_dir={tmp_path}/w'], cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -1967,6 +2053,7 @@ def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
     assert r['smoke'] and r['device'] == 'cpu' and 'block diffusion B=4' in r['bench']['training']
     assert r['train']['loss_falls'] and r['train']['resumed_iterations'] == list(range(21, 41)) and r['train']['resume_exact'], r['train']
     assert all(math.isfinite(v) for v in r['train']['losses'].values())
+    assert {(f['stage'], f['batch']) for f in r['floor']} == {('draft', 1), ('global', 1)} and all(f['compiled_ms'] > 0 for f in r['floor'])
     # on a machine without CUDA the real check refuses in one line
     out = run_here([sys.executable, os.path.join(ROOT, 'gpu_check.py')], cwd=tmp_path)
     if not torch.cuda.is_available():

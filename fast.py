@@ -1,0 +1,140 @@
+"""
+The sampler as compiled, static-shape steps (gpt-fast's recipe for a block-diffusion draft): the same tokens as
+did.py's eager sampler, which stays the reference.
+
+    from fast import compiled_steps
+    out = generate(model, prompt, seeds, sampling, steps=compiled_steps(model))   # did.generate
+$ python sample.py --out_dir=out-tinystories --compile=True
+$ python bench.py --floor=True                  # eager against compiled, and both against the matmul floor
+
+A draft forward is a few small matmuls wrapped in dozens of small kernels and Python, and its shapes change from
+block to block (the KV cache grows, the block moves), so torch.compile would retrace it at every block. Here:
+  - the KV cache has all L slots from the start; a forward writes its block at the block's positions, a tensor,
+    and attends to every slot up to the block's end (StaticBlockForward): one graph for every block;
+  - the reveal (which position, which token) has fixed shapes too (reveal_one): argmax instead of sorts, and one
+    top-k pass of the nucleus draw for every row (Reveal);
+  - the global stages' trunk runs on (B, L) already and is compiled as it is.
+On CUDA the steps are CUDA graphs (mode='reduce-overhead'): a forward's kernels are replayed as one launch. On a
+2-core CPU the compiled draft is 1.1-1.5x faster at batch 1 and slower at batch 32 (docs/speed.md); not yet run on
+a GPU.
+"""
+
+import torch
+from torch.nn import functional as F
+
+from did import BlockForward, nucleus_topk, sample_tokens
+
+
+def compiled_steps(model, compile=True):
+    """The compiled pieces for this model, made once (compiling takes seconds to a minute, once per process and
+    model) and kept on it: what did.generate's steps argument takes. compile=False: the same pieces uncompiled,
+    made afresh (the tests check their logic against the eager sampler without paying for a compile)."""
+    if not compile or '_steps' not in model.__dict__:
+        mode = 'reduce-overhead' if model.lm_head.weight.is_cuda else None
+        make = (lambda fn: torch.compile(fn, mode=mode, dynamic=False)) if compile else (lambda fn: fn)
+        steps = dict(block=make(block_step), hidden=make(model.hidden), reveal=Reveal(make(reveal_one)))
+        caches = {}
+        steps['blocks'] = lambda model, x, block_size: StaticBlockForward(model, x, block_size, steps['block'], caches)
+        if not compile:
+            return steps
+        model.__dict__['_steps'] = steps  # in __dict__, not as a submodule: state_dict() and .to() never see it
+    return model.__dict__['_steps']
+
+
+class StaticBlockForward(BlockForward):
+    """did.BlockForward with shapes that do not change from block to block (gpt-fast's static KV cache): each layer's
+    cache holds all L positions from the start, (B, nh, L, hs); a forward writes its block's keys and values at the
+    block's positions and attends to every slot up to the block's end, the later ones masked out. The cache ends up
+    holding what did.KVCache holds. Its tensors are made once per batch shape and reused: a slot is always written
+    before it is read, so they need no clearing."""
+
+    def __init__(self, model, x, block_size, step, caches):
+        self.model, self.x, self.bs, self.step = model, x, block_size, step
+        C, nh, B, L = model.config.n_embd, model.config.n_head, *x.shape
+        dev = x.device.type  # keys and values in the dtype attention runs in (autocast's; 'meta': the tests' fake device)
+        dtype = torch.get_autocast_dtype(dev) if dev != 'meta' and torch.is_autocast_enabled(dev) else model.lm_head.weight.dtype
+        key = (B, L, dtype, x.device)
+        if key not in caches:
+            caches[key] = [torch.zeros(B, nh, L, C // nh, device=x.device, dtype=dtype) for _ in range(2 * model.config.n_layer)]
+            for t in caches[key]:  # CUDA graphs write the cache where they were recorded: its address must not change
+                torch._dynamo.mark_static_address(t)
+        self.k, self.v = caches[key][0::2], caches[key][1::2]
+        self.pos = torch.arange(L, device=x.device).view(-1, block_size)  # (L / bs, bs): each block's positions
+
+    def __call__(self, start):
+        return self.step(self.model, self.x[:, start:start + self.bs], self.pos[start // self.bs], self.k, self.v), self.bs
+
+    def block_done(self, start, stats):
+        if start + self.bs < self.x.size(1):  # the clean block's keys and values overwrite the noisy ones
+            self.step(self.model, self.x[:, start:start + self.bs], self.pos[start // self.bs], self.k, self.v)
+            stats['cache_passes'] += 1
+            stats['token_forwards'] += self.bs
+
+
+def block_step(model, idx, pos, k, v):
+    """A draft forward of one block, idx (B, T) at positions pos (T,), against the static cache k, v (per layer,
+    (B, nh, L, hs)) filled before pos[0]: the block's hidden states (B, T, C); its keys and values are written at
+    pos. No shape depends on where the block is."""
+    seen = torch.arange(k[0].size(2), device=idx.device) <= pos[-1]  # (L,): the prefix and the block
+    mask = torch.zeros(len(pos), k[0].size(2), device=idx.device, dtype=k[0].dtype).masked_fill(~seen, float('-inf'))
+    return model.hidden(idx, pos, attn_mask=mask, cache=StaticKV(k, v, pos))  # additive: on a CPU 1.6x faster than bool
+
+
+class StaticKV:
+    """block_step's cache: a layer's keys and values written in place at the block's positions."""
+
+    def __init__(self, k, v, pos):
+        self.k, self.v, self.pos = k, v, pos
+
+    def put(self, layer, k, v):
+        self.k[layer][:, :, self.pos] = k
+        self.v[layer][:, :, self.pos] = v
+        return self.k[layer], self.v[layer]
+
+
+class Reveal:
+    """reveal_one with the reach of its draw: the 64 most probable tokens of each row, until a draw's nucleus is longer;
+    then 1024 from there on (a second graph; a trained model's nucleus is a few dozen tokens, an untrained one's is
+    thousands). The draw that did not fit is made by the exact rules (did.reveal_tokens), so no token changes."""
+
+    def __init__(self, fn):
+        self.fn, self.top = fn, 64
+
+    def __call__(self, *args):
+        reveal, tok, p, ok = self.fn(*args, top=self.top)
+        if not ok:  # a sync on a GPU, as did.reveal_tokens' next line would be
+            self.top = 1024
+        return reveal, tok, p, bool(ok)
+
+
+def reveal_one(model, h, still, k, u, sampling, confidence, weight_t=None, top=64):
+    """did.reveal_random and did.reveal_confident for at most one token per row (k <= 1) with fixed shapes: the
+    position with the highest u[i, 0] among the masked ones (random order), or the most probable of the draws at every
+    masked position (confidence order: a block is a few positions, so the head runs at all of them). Ties go to the
+    first position, as in the exact rules' stable sorts. Returns reveal, tok, p, each (B, n), and whether every draw
+    it used had its nucleus among its `top` most probable tokens (if not, did.reveal_tokens uses the exact rules)."""
+    B, n, C = h.shape
+    draw = lambda logits, u: sample_tokens_static(logits, u, sampling.top_p, sampling.temperature, sampling.nucleus, top)
+    if confidence:
+        tok, p, ok = draw(model.logits(h.flatten(0, 1), weight_t), u[:, 1].flatten())  # (B n,)
+        tok, p, ok = tok.view(B, n), p.view(B, n), (ok.view(B, n) | ~still).all(1)
+        i = torch.where(still, p, -1.0).argmax(1, keepdim=True)  # (B, 1)
+    else:
+        i = torch.where(still, u[:, 0], -1.0).argmax(1, keepdim=True)  # (B, 1)
+        hi = h.gather(1, i[..., None].expand(B, 1, C)).squeeze(1)  # (B, C)
+        tok, p, ok = draw(model.logits(hi, weight_t), u[:, 1].gather(1, i).squeeze(1))  # (B,)
+        tok, p = tok[:, None].expand(B, n), p[:, None].expand(B, n)
+    reveal = (torch.arange(n, device=h.device) == i) & still  # (B, n): nothing in a row with nothing masked (k = 0)
+    return reveal, tok, p, (ok | (k == 0)).all()
+
+
+def sample_tokens_static(logits, u, top_p=0.9, temperature=1.0, nucleus='standard', top=64):
+    """did.sample_tokens with fixed shapes: one of its top-k passes (top: 64 or 1024) for every row. Returns tokens,
+    probabilities and ok (N,): False where a row's nucleus is longer than `top` tokens; there sample_tokens' token is
+    the one its next pass draws. Where the pass holds the nucleus, it draws as sample_tokens does."""
+    if temperature == 0 or top_p >= 1.0:  # no nucleus: sample_tokens has fixed shapes here
+        tok, p = sample_tokens(logits, u, top_p, temperature, nucleus)
+        return tok, p, torch.ones_like(tok, dtype=torch.bool)
+    probs = F.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)  # (N, V)
+    tok, ok = nucleus_topk(probs, u, top, top_p, nucleus)
+    return tok, probs.gather(-1, tok[:, None]).squeeze(-1), ok
