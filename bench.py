@@ -49,6 +49,7 @@ compile = False                 # torch.compile the training forward
 floor = False                   # only the draft and global forwards against the matmul floor, eager and compiled (see above)
 floor_models = ['quickstart', 'tinystories', 'bd3lm']  # which of FLOOR_MODELS
 floor_blocks = 8                # draft blocks timed per row (a full draft of BD3-LM small at batch 32 takes ~10 min on a CPU)
+floor_compile = True            # False: the static steps uncompiled (gpu_check.py --smoke: the script in seconds, no compile)
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
 check_device(device, dtype)
@@ -139,7 +140,7 @@ def floor_rows():
         model = DiD(DiDConfig(**FLOOR_MODELS[name])).to(device).eval()
         with torch.no_grad():
             model.lm_head.weight.normal_(0, head_std)
-        L, steps = model.config.seq_len, compiled_steps(model)
+        L, steps = model.config.seq_len, compiled_steps(model, floor_compile)
         cases = [(Stage(4), B, 4 * floor_blocks) for B in (1, sample_batch)] + [(Stage(L), 1, 4)]
         for stage, B, n in cases:
             eager, _, fwd = forwards(model, B, stage, n)

@@ -11,7 +11,7 @@ $ python gpu_check.py --smoke=True         # any machine, seconds: the same step
 2. bench.py --floor=True: the draft's and a global stage's forwards eager, compiled as CUDA graphs (fast.py), and
    their matmuls alone, for the quick start's shape and BD3-LM small's, at batch 1 and 32, with the compile time
    and the tokens after which compiling pays (what sample.py --compile's default should be on a GPU); a few
-   minutes, most of them compiling (--floor=False skips it).
+   minutes, most of them compiling (--floor=False skips it; --smoke runs the steps uncompiled).
 3. torchrun --nproc_per_node=1 train.py config/train_did_owt.py on synthetic tokens (a sparse Markov chain over
    1,000 GPT-2 ids: learnable, so the loss must fall) for `steps` iterations; then the same run stopped halfway
    and resumed, whose losses after the resume must equal the uninterrupted run's.
@@ -70,7 +70,7 @@ results['bench'] = json.load(open(bench_json))
 
 # 2. the compiled sampler against eager and the matmul floor (the 12 x 768 TinyStories shape behaves as BD3-LM's here)
 floor_json = os.path.abspath(os.path.join(work_dir, 'floor.json'))
-models = ["--floor_models=['smoke']", '--floor_blocks=1', '--sample_batch=1'] if smoke else \
+models = ["--floor_models=['smoke']", '--floor_blocks=1', '--sample_batch=1', '--floor_compile=False'] if smoke else \
          ["--floor_models=['quickstart', 'bd3lm']", '--sample_batch=32']
 if floor:
     run([sys.executable, os.path.join(here, 'bench.py'), '--floor=True', *models, f'--out={floor_json}'])
