@@ -79,7 +79,6 @@ print(f"device {device} ({torch.cuda.get_device_name() if 'cuda' in device else 
       f"dtype {dtype}" + ('' if floor else f", shape {shape} {SHAPES[shape]}, vocab {vocab_size}"))
 
 
-
 class Stop(Exception):
     pass
 
@@ -150,16 +149,16 @@ def floor_rows():
             mm = matmul_floor(model, B, stage, n)
             per_tok = lambda s: s / (n * B)  # seconds per generated token
             gain = per_tok(eager) - per_tok(comp)
-            pays = (first - comp_call) / gain if gain > 0 else float('inf')  # tokens generated before the compile time is back
+            pays = (first - comp_call) / gain if gain > 0 else None  # tokens generated before the compile time is back; None: never
             r = dict(model=name, shape=FLOOR_MODELS[name], stage='draft' if stage.block_size < L else 'global', batch=B,
                      forwards=fwd, eager_ms=1e3 * eager / fwd, compiled_ms=1e3 * comp / fwd, floor_ms=1e3 * mm / fwd,
                      speedup=eager / comp, overhead_eager=1 - mm / eager, overhead_compiled=1 - mm / comp,
-                     compiled_vs_floor=comp / mm, compile_s=first - comp_call, pays_after_tokens=pays if gain > 0 else None,  # None: never
+                     compiled_vs_floor=comp / mm, compile_s=first - comp_call, pays_after_tokens=pays,
                      eager_tok_per_s=n * B / eager, compiled_tok_per_s=n * B / comp)
             results['floor'].append(r)
             print(f"{name:<12}{r['stage']:<8}{B:>6}{r['eager_ms']:>10.2f}{r['compiled_ms']:>10.2f}{r['floor_ms']:>8.2f}"
                   f"{r['speedup']:>8.2f}x{r['overhead_eager']:>16.0%}{r['overhead_compiled']:>10.0%}{r['compile_s']:>11.1f}"
-                  f"{pays:>12,.0f}", flush=True)
+                  f"{'never' if pays is None else f'{pays:,.0f}':>12}", flush=True)
 
 
 if floor:
