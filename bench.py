@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from configurator import check_device, configure
+from configurator import check, check_device, configure, guard
 from did import DiD, DiDConfig, Sampling, Stage, add_noise, generate
 from fast import compiled_steps
 from mfu import attention_fraction, estimate_flops, peak_flops
@@ -52,25 +52,29 @@ floor_blocks = 8                # draft blocks timed per row (a full draft of BD
 floor_compile = True            # False: the static steps uncompiled (gpu_check.py --smoke: the script in seconds, no compile)
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
-check_device(device, dtype)
-results = dict(device=device, dtype=dtype, shape=shape, vocab_size=vocab_size, batch_size=batch_size, training={}, sampling={})
 SHAPES = {'tiny': dict(n_layer=4, n_head=4, n_embd=256, seq_len=256), 'owt': dict(n_layer=12, n_head=12, n_embd=768, seq_len=1024),
           'smoke': dict(n_layer=1, n_head=2, n_embd=32, seq_len=32)}  # smoke: the tests' end-to-end run
-if shape not in SHAPES:
-    raise SystemExit(f"error: unknown --shape={shape}; use one of {list(SHAPES)}")
-for k, lo in (('batch_size', 1), ('train_iters', 1), ('warmup', 0), ('sample_batch', 1), ('vocab_size', 2)):
-    if globals()[k] < lo:
-        raise SystemExit(f"error: --{k}={globals()[k]} must be at least {lo}")
-if head_std < 0:
-    raise SystemExit(f"error: --head_std={head_std} must be >= 0 (the spread of the random head weights)")
-if not skip_long and (long_len < 8 or long_len % 4):
-    raise SystemExit(f"error: --long_len={long_len} must be a multiple of the drafting block, 4, and at least 8")
 FLOOR_MODELS = {'quickstart': dict(n_layer=4, n_head=4, n_embd=256, seq_len=256, vocab_size=10559),  # config/train_tinystories.py
                 'tinystories': dict(n_layer=12, n_head=12, n_embd=768, seq_len=256, vocab_size=10559),  # its GPU recipe
                 'bd3lm': dict(n_layer=12, n_head=12, n_embd=768, seq_len=1024, vocab_size=50258),  # BD3-LM small, OWT
                 'smoke': dict(n_layer=1, n_head=2, n_embd=32, seq_len=32, vocab_size=1001)}  # gpu_check.py --smoke: measures nothing
-if floor and (not floor_models or set(floor_models) - set(FLOOR_MODELS) or floor_blocks < 1):
-    raise SystemExit(f"error: --floor_models={floor_models} must name some of {list(FLOOR_MODELS)}, and --floor_blocks={floor_blocks} be >= 1")
+
+
+def check_settings():
+    """The settings above, each wrong one told in one line with its fix, before any model is built."""
+    check(shape in SHAPES, f"unknown --shape={shape}; use one of {list(SHAPES)}")
+    for k, lo in (('batch_size', 1), ('train_iters', 1), ('warmup', 0), ('sample_batch', 1), ('vocab_size', 2)):
+        check(globals()[k] >= lo, f"--{k}={globals()[k]} must be at least {lo}")
+    check(head_std >= 0, f"--head_std={head_std} must be >= 0 (the spread of the random head weights)")
+    check(skip_long or (long_len >= 8 and long_len % 4 == 0),
+          f"--long_len={long_len} must be a multiple of the drafting block, 4, and at least 8")
+    check(not floor or (floor_models and not set(floor_models) - set(FLOOR_MODELS) and floor_blocks >= 1),
+          f"--floor_models={floor_models} must name some of {list(FLOOR_MODELS)}, and --floor_blocks={floor_blocks} be >= 1")
+
+
+check_device(device, dtype)
+guard(check_settings)
+results = dict(device=device, dtype=dtype, shape=shape, vocab_size=vocab_size, batch_size=batch_size, training={}, sampling={})
 torch.manual_seed(0)
 ctx = contextlib.nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device.split(':')[0], dtype=getattr(torch, dtype))
 sync = torch.cuda.synchronize if 'cuda' in device else (lambda: None)
@@ -164,6 +168,7 @@ def floor_rows():
 if floor:
     import torch._inductor.config
     torch._inductor.config.force_disable_caches = True  # compile times as a user's first run pays them (later runs: ~1/4)
+    torch._dynamo.config.recompile_limit = 64  # 3 models x 2 batches x 2 draw reaches: past 8 graphs, eager (a log line only)
     results['floor'] = []
     print(f"the draft (blocks of 4, one token per forward, random order) and a global stage, per forward; random weights "
           f"(head std {head_std}); {floor_blocks} blocks of the draft and 4 forwards of the global stage after a prompt of L/2; best of 2")

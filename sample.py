@@ -413,7 +413,8 @@ if eval:  # BD3-LM's protocol: decode, re-encode with the judge's tokenizer, sco
         row = dict(stages=stages, stages_run=run_stages, remask=remask, nucleus=nucleus, temperature=temperature, gen_ppl=mean, gen_ppl_std=std,
                    gen_ppl_sem=sem, gen_ppl_weighted=weighted, gen_ppls=per, entropy=ent, entropies=ents, real_word_rate=rwr,
                    real_word_rates=rates, mi=mi, mis=mis, name_share=share, name_shares=shares, forwards=nfe, token_forwards=tf,
-                   seconds=dt, judge=judge, num_samples=num_samples, scored=n_ok, min_entropy=min_entropy,
+                   seconds=dt, judge=judge, num_samples=num_samples, scored=n_ok, min_entropy=min_entropy, seed=seed, top_p=top_p,
+                   checkpoint=os.path.abspath(ckpt_path), iter_num=checkpoint['iter_num'],
                    redrawn=sum(s.get('redraws', 0) > 0 for s in samples))
         json.dump(row, open(eval_out + '.tmp', 'w'))
         os.replace(eval_out + '.tmp', eval_out)  # whole, or not at all

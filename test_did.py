@@ -816,6 +816,50 @@ def test_gen_ppl_at_matched_entropy_on_a_synthetic_frontier():
     assert est['c'] == pytest.approx(np.mean(noisy[0]['gen_ppls']), rel=1e-12) and boot_se(draws['c']) > 0
 
 
+
+def test_quickstart_compare_reads_each_model_at_real_texts_entropy(tmp_path):
+    """ablation-tinystories/quickstart.py on rows already made (reused, nothing sampled): each model's draft and
+    refine read off at real text's entropy, the differences paired; a row from another checkpoint is refused without
+    --overwrite; a sweep that misses real text's entropy is an error, not a NaN in the table."""
+    n = 4
+    abl = tmp_path / 'abl'
+    os.makedirs(abl / 'judge-x')
+    json.dump(dict(settings=dict(num_samples=n, sample_seed=1337, gamma=0.25), rows=[dict(judge='judge-x/ckpt.pt')],
+                   real_text=dict(entropy=4.3, gen_ppl=13.0, mi=0.04, name_share=0.34), spliced_text=dict(mi=0.0, name_share=0.1)),
+              open(abl / 'results.json', 'w'))
+    def rows(name, ppl, mi, hs=(4.0, 4.6), iter_num=7):  # every sample at entropy h has Gen PPL ppl[i], halves MI mi[i]
+        os.makedirs(tmp_path / name, exist_ok=True)
+        torch.save(dict(iter_num=iter_num), tmp_path / name / 'ckpt.pt')
+        os.makedirs(abl / 'quickstart', exist_ok=True)
+        for stage, st, f in (('draft', '4:1.0', 1.0), ('refine', '4:1.0,L:0.25', 2.0)):
+            for T, h, p, m in zip((0.8, 1.0), hs, ppl, mi):
+                json.dump(dict(stages=st, temperature=T, num_samples=n, seed=1337, checkpoint=str(tmp_path / name / 'ckpt.pt'),
+                               iter_num=7, judge=str(abl / 'judge-x'), entropy=h, entropies=[h] * n, gen_ppls=[f * p] * n,
+                               mis=[m] * n, name_shares=[0.5] * n), open(abl / 'quickstart' / f'{name}_{stage}_T{T:g}.json', 'w'))
+    rows('qs', (10.0, 40.0), (0.0, 0.06))
+    rows('old', (20.0, 80.0), (0.0, 0.02))
+    cmd = [sys.executable, os.path.join(ROOT, 'ablation-tinystories', 'quickstart.py'), '--out_dir=abl',
+           "--models={'qs': 'qs', 'old': 'old'}", '--temperatures=[0.8, 1.0]']
+    p = run_here(cmd, tmp_path)
+    assert p.returncode == 0 and 'sampling' not in p.stdout, p.stderr
+    r = json.load(open(abl / 'quickstart' / 'compare.json'))
+    t = {(x['model'], x['stage']): x for x in r['table']}
+    assert t['qs', 'draft']['gen_ppls'][0] == pytest.approx(20.0, rel=1e-9)  # log-linear halfway: sqrt(10 * 40)
+    assert t['qs', 'refine']['gen_ppls'][0] == pytest.approx(40.0, rel=1e-9) and t['qs', 'draft']['gen_ppls'][1] < 1e-9
+    assert t['qs', 'draft']['mis'][0] == pytest.approx(0.03) and t['old', 'draft']['mis'][0] == pytest.approx(0.01)
+    d = {(x['model'], x['stage'], x['minus']): x for x in r['differences']}
+    assert d['old', 'draft', 'qs']['gen_ppls'][0] == pytest.approx(20.0) and d['old', 'draft', 'qs']['mis'][0] == pytest.approx(-0.02)
+    assert d['qs', 'refine', 'draft']['gen_ppls'][0] == pytest.approx(20.0)
+    p = run_here(cmd, tmp_path)  # compare.json exists
+    assert p.returncode == 1 and 'compare.json exists' in p.stderr
+    rows('old', (20.0, 80.0), (0.0, 0.02), iter_num=8)  # retrained: its rows are from another checkpoint
+    os.remove(abl / 'quickstart' / 'compare.json')
+    p = run_here(cmd, tmp_path)
+    assert p.returncode == 1 and 'old_draft_T0.8.json holds a row from another checkpoint' in p.stderr, p.stderr
+    rows('old', (20.0, 80.0), (0.0, 0.02), hs=(4.4, 4.6))  # the sweep's entropies lie above real text's
+    p = run_here(cmd, tmp_path)
+    assert p.returncode == 1 and "miss real text's 4.300" in p.stderr and not os.path.exists(abl / 'quickstart' / 'compare.json'), p.stderr
+
 # -----------------------------------------------------------------------------
 # the GPU paths, on the CPU: a fake accelerator, bf16, FlexAttention, compilation, MFU
 
@@ -1578,6 +1622,8 @@ def bad(tiny_run):
     os.makedirs(tmp_path / 'otherjudge', exist_ok=True)
     torch.save(other, tmp_path / 'otherjudge' / 'ckpt.pt')  # an AR judge that reads other characters
     (tmp_path / 'cfg_type.py').write_text("batch_size = 'eight'\n")
+    os.makedirs(tmp_path / 'abl', exist_ok=True)
+    (tmp_path / 'abl' / 'results.json').write_text('{}')  # an ablation folder without its models
     (tmp_path / 'cfg_typo.py').write_text("n_layers = 8\n")
     (tmp_path / 'num.jsonl').write_text('{"text": 42}\n')
     nometa = {k: v for k, v in ck.items() if k != 'meta'}  # a character model saved before checkpoints carried meta
@@ -1599,6 +1645,9 @@ Bn = ['bench.py', '--shape=smoke', '--device=cpu']
 
 
 A = ['ablate.py', '--text=afile', '--out_dir=newabl']
+
+
+Q = ['ablation-tinystories/quickstart.py']
 
 
 BAD = [  # (command, what the one line must say)
@@ -1634,10 +1683,16 @@ BAD = [  # (command, what the one line must say)
     (P + ['--input', 'afile', '--tokenizer=char', '--compact', '--out_dir=n2'], 'drop --compact'),
     (P + ['--input', 'afile', '--dataset=tinystories', '--out_dir=n2'], 'give one'),
     (P + ['--compact', '--out_dir=n2'], 'too many for all of OpenWebText'),
+    (Q + ["--models={'x': 'none'}"], 'none/ckpt.pt (x) not found'),
+    (Q + ["--models={'a': 'a'}", '--out_dir=adir'], 'adir/results.json not found'),
+    (Q + ["--models={'a': 'a'}", '--out_dir=a', '--temperatures=[1.0]'], 'give two or more, ascending'),
+    (Q + ["--models={'a': 'a'}", '--out_dir=a', '--temperatures=[1.2, 0.8]'], 'give two or more, ascending'),
+    (Q + ['--models={}'], '--models is empty'),
+    (Q + ["--models={'a': 'a'}", '--out_dir=abl'], "has no token protocol's rows"),
     (A + ['--tokenizer=bpe'], 'use char or gpt2'), (A + ["--orders=['sideways']"], 'draft orders'),
     (Bn + ['--train_iters=0'], 'train_iters=0'), (Bn + ['--warmup=-1'], 'warmup=-1'), (Bn + ['--vocab_size=1'], 'vocab_size=1'),
     (Bn + ['--sample_batch=0'], 'sample_batch=0'), (Bn + ['--head_std=-1'], 'head_std'), (Bn + ['--long_len=30'], 'long_len=30'),
-    (Bn + ['--batch_size=0'], 'batch_size=0'), (Bn + ['--dtype=float16'], 'needs CUDA'),
+    (Bn + ['--batch_size=0'], 'batch_size=0'), (Bn + ['--shape=huge'], 'unknown --shape=huge'), (Bn + ['--dtype=float16'], 'needs CUDA'),
     (Bn + ['--floor=True', "--floor_models=['gpt5']"], 'floor_models'), (Bn + ['--floor=True', '--floor_blocks=0'], 'floor_blocks=0'),
     (A + ['--budget_frac=0'], 'budget_frac=0'), (A + ['--gammas=[2]'], 'remask ratios'), (A + ['--block_mix=1.5'], 'block_mix'),
     (A + ['--num_samples=1'], 'num_samples=1'), (A + ["--temperatures={'random': [1.0]}"], 'each order'),
@@ -1739,7 +1794,7 @@ def test_bad_inputs_through_the_real_scripts(bad):
 
 def test_help_prints_the_commands_and_every_setting(tmp_path):
     for script, key in (('train.py', 'max_iters = '), ('sample.py', 'stages = '), ('ablate.py', 'finetune_iters = '),
-                        ('bench.py', 'shape = ')):
+                        ('bench.py', 'shape = '), ('ablation-tinystories/quickstart.py', 'models = ')):
         for flag in ('--help', '-h'):
             p = run_here([sys.executable, os.path.join(ROOT, script), flag], tmp_path)
             assert p.returncode == 0 and '$ python' in p.stdout and key in p.stdout and not p.stderr, (script, p.stderr)

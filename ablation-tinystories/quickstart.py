@@ -1,0 +1,117 @@
+"""
+Trained models under the token protocol's judge, compared at a matched entropy: the quick start's model against
+another run of the same shape (here 1,200 iterations at a constant learning rate), draft and refine, in Gen PPL
+and the two coherence measures.
+
+$ python ablate.py config/ablate_tinystories.py --out_dir=ablation-tinystories   # the judge and real text's line
+$ python train.py config/train_tinystories.py --max_iters=1200 --decay_lr=False --out_dir=out-constant
+$ python ablation-tinystories/quickstart.py --out_dir=ablation-tinystories \
+    --models="{'quickstart': 'out-tinystories', 'constant': 'out-constant'}"
+
+Each model samples the protocol's rows: 48 stories from <|endoftext|> with its sampler (random order, top-p 0.9, its
+sample seeds, its judge), the draft alone and the draft + the paper's exact snapshot refine at its gamma, over the
+temperatures; each row is sample.py's --eval row, kept in out_dir/quickstart/ (a row already there from the same
+checkpoint and settings is reused). Every (model, stage) is read off at real text's entropy as ablate.py reads its
+samplers (log Gen PPL interpolated between the two temperatures that bracket it; the halves MI and the share of names
+kept interpolated as they are), with one bootstrap over the sample seeds for all rows, so the differences between
+models and between a model's refine and draft are paired. Writes out_dir/quickstart/compare.json and prints the table.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(here, '..'))
+from configurator import check, configure, fail, guard  # noqa: E402
+from judge import boot_se, matched_entropy  # noqa: E402
+
+# -----------------------------------------------------------------------------
+out_dir = 'ablation-tinystories'  # ablate.py's out_dir on tokens (its results.json: settings, real text; its judge)
+models = {'quickstart': 'out-tinystories'}  # name -> a run's out_dir (train.py's); differences are against the first
+temperatures = [0.8, 1.0, 1.2]  # each model's sweep, ascending: it must bracket real text's entropy
+overwrite = False               # replace rows made with other settings, and compare.json
+# -----------------------------------------------------------------------------
+configure(globals(), sys.argv[1:])
+results = os.path.join(out_dir, 'results.json')
+
+
+def check_settings():
+    """Everything the run needs, before a row is sampled."""
+    check(len(temperatures) >= 2 and temperatures == sorted(set(temperatures)),
+          f"--temperatures={temperatures}: give two or more, ascending, around real text's entropy")
+    check(models, "--models is empty: name at least one run, e.g. --models=\"{'quickstart': 'out-tinystories'}\"")
+    for name, d in models.items():
+        check(os.path.exists(os.path.join(d, 'ckpt.pt')), f"--models: {d}/ckpt.pt ({name}) not found: train it with python train.py first")
+    check(os.path.exists(results), f"{results} not found: run python ablate.py config/ablate_tinystories.py --out_dir={out_dir} first")
+    R = json.load(open(results))
+    check('spliced_text' in R and R['rows'], f"{results} has no token protocol's rows: use ablate.py's out_dir on TinyStories tokens")
+    judge = os.path.join(out_dir, os.path.dirname(R['rows'][0]['judge']))
+    check(os.path.isdir(judge), f"{judge}, the protocol's judge, is not in {out_dir}: rerun ablate.py there to train it")
+    check(overwrite or not os.path.exists(os.path.join(out_dir, 'quickstart', 'compare.json')),
+          f"{out_dir}/quickstart/compare.json exists: pass --overwrite=True to remake it")
+    return R, judge
+
+
+R, judge = guard(check_settings)
+S, real = R['settings'], R['real_text']
+stages = {'draft': '4:1.0', 'refine': f"4:1.0,L:{S['gamma']}"}  # the protocol's draft, and draft + the paper's refine
+rows_dir = os.path.join(out_dir, 'quickstart')
+os.makedirs(rows_dir, exist_ok=True)
+
+
+def row(name, stage, T):
+    """sample.py's --eval row for one model, stage and temperature; reused when one from this checkpoint, with these
+    settings, is there already."""
+    path, ckpt = os.path.join(rows_dir, f'{name}_{stage}_T{T:g}.json'), os.path.join(models[name], 'ckpt.pt')
+    want = dict(stages=stages[stage], temperature=T, num_samples=S['num_samples'], seed=S['sample_seed'],
+                checkpoint=os.path.abspath(ckpt), iter_num=torch.load(ckpt, map_location='cpu', mmap=True, weights_only=False)['iter_num'])
+    if os.path.exists(path):
+        r = json.load(open(path))
+        if {k: r.get(k) for k in want} == want and os.path.realpath(r['judge'].removesuffix('/ckpt.pt')) == os.path.realpath(judge):
+            return r
+        if not overwrite:
+            fail(f"{path} holds a row from another checkpoint or settings: pass --overwrite=True to remake it")
+    print(f"sampling {name} {stage} T={T:g} ({S['num_samples']} samples: {'under a minute' if stage == 'draft' else 'about two minutes'} on a 2-core CPU)", flush=True)
+    cmd = [sys.executable, os.path.join(here, '..', 'sample.py'), f'--out_dir={models[name]}', f'--stages={stages[stage]}',
+           f"--num_samples={S['num_samples']}", f"--batch_size={S['num_samples']}", '--order=random', '--remask=snapshot',
+           f'--temperature={T}', f"--seed={S['sample_seed']}", '--eval', f'--judge={judge}', f'--eval_out={path}',
+           '--overwrite=True']
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode:
+        fail(f"sample.py on {name} {stage} T={T:g}: {((p.stderr or p.stdout).strip() or 'no output').splitlines()[-1].removeprefix('error: ')}")
+    return json.load(open(path))
+
+
+curves = {(m, s): [row(m, s, T) for T in temperatures] for m in models for s in stages}
+at = {}  # measure -> (estimates, bootstrap draws) per (model, stage), every curve read at real text's entropy
+for key, log in (('gen_ppls', True), ('mis', False), ('name_shares', False)):
+    at[key] = matched_entropy(curves, real['entropy'], key=key, log=log)
+for (m, s), c in curves.items():
+    if at['gen_ppls'][0][m, s] != at['gen_ppls'][0][m, s]:  # NaN: no two neighbouring temperatures bracket the target
+        fail(f"{m} {s}: entropies {[round(r['entropy'], 3) for r in c]} at T={temperatures} miss real text's "
+             f"{real['entropy']:.3f}: add a lower or higher temperature to --temperatures")
+
+
+def diff(a, b):
+    """a - b at real text's entropy, per measure, with its paired bootstrap s.e."""
+    return {k: (float(at[k][0][a] - at[k][0][b]), boot_se(at[k][1][a] - at[k][1][b])) for k in at}
+
+
+table = [dict(model=m, stage=s, **{k: (float(at[k][0][m, s]), boot_se(at[k][1][m, s])) for k in at}) for m, s in curves]
+first = next(iter(models))
+diffs = [dict(model=m, stage=s, minus=first, **diff((m, s), (first, s))) for m in models if m != first for s in stages]
+diffs += [dict(model=m, stage='refine', minus='draft', **diff((m, 'refine'), (m, 'draft'))) for m in models]
+print(f"at real text's entropy, {real['entropy']:.3f} (real text: Gen PPL {real['gen_ppl']:.2f}, halves MI {real['mi']:.3f}, "
+      f"names kept {real['name_share']:.3f}; stories spliced from two: MI {R['spliced_text']['mi']:.3f}, names "
+      f"{R['spliced_text']['name_share']:.3f})")
+for t in table + diffs:
+    label = f"{t['model']} {t['stage']}" + (f" - {t['minus']}" if 'minus' in t else '')
+    print(f"{label:<32} Gen PPL {t['gen_ppls'][0]:+9.2f} ± {t['gen_ppls'][1]:.2f}   halves MI {t['mis'][0]:+.3f} ± "
+          f"{t['mis'][1]:.3f}   names kept {t['name_shares'][0]:+.3f} ± {t['name_shares'][1]:.3f}")
+json.dump(dict(out_dir=out_dir, judge=judge, models=models, temperatures=temperatures, stages=stages, real_text=real,
+               spliced_text=R['spliced_text'], table=table, differences=diffs), open(os.path.join(rows_dir, 'compare.json'), 'w'), indent=1)
+print(f"wrote {rows_dir}/compare.json (each measure: estimate, bootstrap s.e.)")
