@@ -819,30 +819,31 @@ def test_gen_ppl_at_matched_entropy_on_a_synthetic_frontier():
 
 def test_quickstart_compare_reads_each_model_at_real_texts_entropy(tmp_path):
     """ablation-tinystories/quickstart.py on rows already made (reused, nothing sampled): each model's draft and
-    refine read off at real text's entropy, the differences paired; a row from another checkpoint is refused without
-    --overwrite; a sweep that misses real text's entropy is an error, not a NaN in the table."""
+    refine read off at real text's entropy, the differences paired; a row from another checkpoint or sampled in another
+    order is refused without --overwrite; a sweep that misses real text's entropy is an error, not a NaN in the table."""
     n = 4
     abl = tmp_path / 'abl'
     os.makedirs(abl / 'judge-x')
     json.dump(dict(settings=dict(num_samples=n, sample_seed=1337, gamma=0.25), rows=[dict(judge='judge-x/ckpt.pt')],
                    real_text=dict(entropy=4.3, gen_ppl=13.0, mi=0.04, name_share=0.34), spliced_text=dict(mi=0.0, name_share=0.1)),
               open(abl / 'results.json', 'w'))
-    def rows(name, ppl, mi, hs=(4.0, 4.6), iter_num=7):  # every sample at entropy h has Gen PPL ppl[i], halves MI mi[i]
-        os.makedirs(tmp_path / name, exist_ok=True)
+    def rows(name, ppl, mi, hs=(4.0, 4.6), iter_num=7, order='random', folder='random'):  # each sample at entropy h:
+        os.makedirs(tmp_path / name, exist_ok=True)                                      # Gen PPL ppl[i], MI mi[i]
         torch.save(dict(iter_num=iter_num), tmp_path / name / 'ckpt.pt')
-        os.makedirs(abl / 'quickstart', exist_ok=True)
-        for stage, st, f in (('draft', '4:1.0', 1.0), ('refine', '4:1.0,L:0.25', 2.0)):
+        os.makedirs(abl / 'quickstart' / folder, exist_ok=True)
+        for stage, st, run, f in (('draft', '4:1.0', f'4:1.0:order={order}:refresh=1', 1.0),
+                                  ('refine', '4:1.0,L:0.25', f'4:1.0:order={order}:refresh=1,256:0.25:order={order}:refresh=1', 2.0)):
             for T, h, p, m in zip((0.8, 1.0), hs, ppl, mi):
-                json.dump(dict(stages=st, temperature=T, num_samples=n, seed=1337, checkpoint=str(tmp_path / name / 'ckpt.pt'),
+                json.dump(dict(stages=st, stages_run=run, temperature=T, num_samples=n, seed=1337, checkpoint=str(tmp_path / name / 'ckpt.pt'),
                                iter_num=7, judge=str(abl / 'judge-x'), entropy=h, entropies=[h] * n, gen_ppls=[f * p] * n,
-                               mis=[m] * n, name_shares=[0.5] * n), open(abl / 'quickstart' / f'{name}_{stage}_T{T:g}.json', 'w'))
+                               mis=[m] * n, name_shares=[0.5] * n), open(abl / 'quickstart' / folder / f'{name}_{stage}_T{T:g}.json', 'w'))
     rows('qs', (10.0, 40.0), (0.0, 0.06))
     rows('old', (20.0, 80.0), (0.0, 0.02))
     cmd = [sys.executable, os.path.join(ROOT, 'ablation-tinystories', 'quickstart.py'), '--out_dir=abl',
            "--models={'qs': 'qs', 'old': 'old'}", '--temperatures=[0.8, 1.0]']
     p = run_here(cmd, tmp_path)
     assert p.returncode == 0 and 'sampling' not in p.stdout, p.stderr
-    r = json.load(open(abl / 'quickstart' / 'compare.json'))
+    r = json.load(open(abl / 'quickstart' / 'random' / 'compare.json'))
     t = {(x['model'], x['stage']): x for x in r['table']}
     assert t['qs', 'draft']['gen_ppls'][0] == pytest.approx(20.0, rel=1e-9)  # log-linear halfway: sqrt(10 * 40)
     assert t['qs', 'refine']['gen_ppls'][0] == pytest.approx(40.0, rel=1e-9) and t['qs', 'draft']['gen_ppls'][1] < 1e-9
@@ -852,13 +853,21 @@ def test_quickstart_compare_reads_each_model_at_real_texts_entropy(tmp_path):
     assert d['qs', 'refine', 'draft']['gen_ppls'][0] == pytest.approx(20.0)
     p = run_here(cmd, tmp_path)  # compare.json exists
     assert p.returncode == 1 and 'compare.json exists' in p.stderr
-    rows('old', (20.0, 80.0), (0.0, 0.02), iter_num=8)  # retrained: its rows are from another checkpoint
-    os.remove(abl / 'quickstart' / 'compare.json')
-    p = run_here(cmd, tmp_path)
-    assert p.returncode == 1 and 'old_draft_T0.8.json holds a row from another checkpoint' in p.stderr, p.stderr
+    for name in ('qs', 'old'):  # confidence order: its own rows and table, beside random order's
+        rows(name, (10.0, 40.0), (0.0, 0.06), order='confidence', folder='confidence')
+    p = run_here(cmd + ['--order=confidence'], tmp_path)
+    r = json.load(open(abl / 'quickstart' / 'confidence' / 'compare.json'))
+    assert p.returncode == 0 and 'sampling' not in p.stdout and r['order'] == 'confidence', p.stderr
+    assert {(x['model'], x['stage'], x['minus']): x['gen_ppls'][0] for x in r['differences']}['old', 'draft', 'qs'] == pytest.approx(0)
+    os.remove(abl / 'quickstart' / 'random' / 'compare.json')
+    for kw in (dict(iter_num=8), dict(order='confidence')):  # retrained, or sampled in another order than its folder's
+        rows('old', (20.0, 80.0), (0.0, 0.02), **kw)
+        p = run_here(cmd, tmp_path)
+        assert p.returncode == 1 and 'old_draft_T0.8.json holds a row from another checkpoint' in p.stderr, p.stderr
     rows('old', (20.0, 80.0), (0.0, 0.02), hs=(4.4, 4.6))  # the sweep's entropies lie above real text's
     p = run_here(cmd, tmp_path)
-    assert p.returncode == 1 and "miss real text's 4.300" in p.stderr and not os.path.exists(abl / 'quickstart' / 'compare.json'), p.stderr
+    assert p.returncode == 1 and "miss real text's 4.300" in p.stderr, p.stderr
+    assert not os.path.exists(abl / 'quickstart' / 'random' / 'compare.json')
 
 # -----------------------------------------------------------------------------
 # the GPU paths, on the CPU: a fake accelerator, bf16, FlexAttention, compilation, MFU
@@ -1356,6 +1365,36 @@ def tiny_run(tmp_path_factory):
     return tmp_path, *train(tmp_path, '--max_iters=40', '--eval_interval=20', '--out_dir=a')
 
 
+def test_doc_start_windows_begin_at_a_story(tmp_path, monkeypatch):
+    """--doc_start=True: every training and validation window's text begins at a story's first character (here 'Q',
+    found nowhere else), after the <|endoftext|> at position 0 (or at position 0 with --bos=False); by default
+    windows begin anywhere. A corpus
+    with no document break leaves no story to start at: one line, before any training."""
+    rng = np.random.default_rng(0)
+    words = ['the', 'cat', 'sat', 'on', 'a', 'mat', 'and', 'dog', 'ran', 'far']
+    (tmp_path / 's.txt').write_text(''.join(f"Q{' '.join(rng.choice(words, int(rng.integers(10, 40))))}.\n<|endoftext|>\n"
+                                            for _ in range(200)))
+    run_here([sys.executable, os.path.join(ROOT, 'prepare_owt.py'), '--input', str(tmp_path / 's.txt'), '--tokenizer=char',
+              f'--out_dir={tmp_path}/data/st'], check=True)
+    meta = json.load(open(tmp_path / 'data' / 'st' / 'meta.json'))
+    q, seen = meta['chars'].index('Q'), []
+    monkeypatch.setattr('did.add_noise', lambda x0, *a, **k: seen.append(x0.clone()) or add_noise(x0, *a, **k))
+    for doc_start, bos in ((True, True), (True, False), (False, True)):
+        seen.clear()
+        train(tmp_path, '--dataset=st', '--max_iters=2', '--eval_interval=2', f'--doc_start={doc_start}', f'--bos={bos}',
+              f'--out_dir=d{doc_start}{bos}')
+        x0 = torch.cat([x for x in seen if x.shape[1] == 64])  # the training batches and the validation ones
+        assert len(x0) > 16 and bool((x0[:, 0] == meta['eot']).all()) == bos
+        first = x0[:, int(bos)]  # the text's first token
+        assert (first == q).all() if doc_start else (first == q).float().mean() < 0.5
+    (tmp_path / 'one.txt').write_text('Q' + ' '.join(rng.choice(words, 400)))
+    run_here([sys.executable, os.path.join(ROOT, 'prepare_owt.py'), '--input', str(tmp_path / 'one.txt'), '--tokenizer=char',
+              f'--out_dir={tmp_path}/data/one'], check=True)
+    p = run_here([sys.executable, os.path.join(ROOT, 'train.py'), *TINY, '--dataset=one', '--doc_start=True', '--out_dir=o'], tmp_path)
+    assert p.returncode == 1 and "--doc_start=True but data/one/val.bin has no <|endoftext|> followed by 63 tokens" in p.stderr, p.stderr
+    assert not (tmp_path / 'o').exists()
+
+
 @pytest.mark.slow
 def test_training_lowers_loss_and_resume_is_exact(tiny_run):
     tmp_path, full, _ = tiny_run
@@ -1688,6 +1727,7 @@ BAD = [  # (command, what the one line must say)
     (Q + ["--models={'a': 'a'}", '--out_dir=a', '--temperatures=[1.0]'], 'give two or more, ascending'),
     (Q + ["--models={'a': 'a'}", '--out_dir=a', '--temperatures=[1.2, 0.8]'], 'give two or more, ascending'),
     (Q + ['--models={}'], '--models is empty'),
+    (Q + ['--order=left'], "--order='left': use random"),
     (Q + ["--models={'a': 'a'}", '--out_dir=abl'], "has no token protocol's rows"),
     (A + ['--tokenizer=bpe'], 'use char or gpt2'), (A + ["--orders=['sideways']"], 'draft orders'),
     (Bn + ['--train_iters=0'], 'train_iters=0'), (Bn + ['--warmup=-1'], 'warmup=-1'), (Bn + ['--vocab_size=1'], 'vocab_size=1'),

@@ -54,6 +54,7 @@ dataset = 'openwebtext'         # reads data/<dataset>/train.bin and val.bin (ui
 tokenizer = ''                  # '', 'gpt2' or 'char': the tokenizer the config expects (checked against data/<dataset>/meta.json; '' takes the data's)
 bos = True                      # every sequence starts with <|endoftext|> at position 0, never masked or scored (BD3-LM's ignore_bos; sampling starts from it)
 clean_first = False             # with bos=False: the window's own first token is kept unmasked and unscored instead (BD3-LM's OWT scripts)
+doc_start = False               # windows begin at a document's first token (after an <|endoftext|>), as a sample does; False: anywhere (nanoGPT, BD3-LM)
 total_batch_size = 512 * 1024   # tokens per optimizer step; gradient accumulation is derived from it
 batch_size = 16                 # sequences per micro-step per process
 # model
@@ -159,12 +160,25 @@ def check_data():
     check(isinstance(meta, dict) and {'tokenizer', 'vocab_size', 'eot'} <= set(meta), f"{path} lacks its tokenizer fields")
     check(meta['tokenizer'] == (tokenizer or meta['tokenizer']), f"{data_dir} holds {meta['tokenizer']} tokens but this config "
           f"expects {tokenizer}: prepare it with {hint}, or pass --tokenizer={meta['tokenizer']}")
-    for split in ('train', 'val'):
+    for split in ('val', 'train'):  # val first: the smaller file to scan for documents (doc_start)
         size = os.path.getsize(os.path.join(data_dir, f'{split}.bin'))
         check(size % 2 == 0, f"{data_dir}/{split}.bin has an odd number of bytes, so it is not uint16 tokens: prepare it again with {hint}")
         check(size // 2 > seq_len, f"{data_dir}/{split}.bin has {size // 2} tokens, fewer than one sequence of seq_len={seq_len}: "
               f"use more text or a smaller --seq_len")
+        check(not doc_start or len(doc_starts(split, meta['eot'])), f"--doc_start=True but {data_dir}/{split}.bin has no "
+              f"<|endoftext|> followed by {seq_len - bos} tokens (no document breaks, as in OpenWebText's val.bin): drop --doc_start")
     return meta
+
+
+starts = {}  # split -> where its documents begin, found once (doc_start)
+def doc_starts(split, eot):
+    """Where split's documents begin (the token after each <|endoftext|>) with a whole window's text after them
+    (get_batch's k tokens); read in chunks of 64M tokens, so a large file never becomes one boolean array."""
+    if split not in starts:
+        data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
+        n, c = len(data) - (seq_len - bos), 1 << 26
+        starts[split] = torch.from_numpy(np.concatenate([np.flatnonzero(data[i:min(i + c, n)] == eot) + i + 1 for i in range(0, n, c)]))
+    return starts[split]
 
 
 def check_out():
@@ -266,7 +280,7 @@ ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 checkpoint = source = None
 if init_from == 'resume':
     checkpoint = guard(load_checkpoint, ckpt_path)
-    saved = {'bos': False, 'clean_first': False, **checkpoint['config']}  # checkpoints from before these trained without them
+    saved = {'bos': False, 'clean_first': False, 'doc_start': False, **checkpoint['config']}  # checkpoints from before these trained without them
     globals().update({k: v for k, v in saved.items() if k in config_keys and k not in RUN_KEYS})
     globals().update({k: v for k, v in checkpoint['model_args'].items() if k != 'dropout'})  # a fine-tune's shape is its source's
     configure(globals(), sys.argv[1:], quiet=True)
@@ -311,7 +325,10 @@ ctx = contextlib.nullcontext() if dtype == 'float32' else torch.amp.autocast(dev
 def get_batch(split, gen, n):
     data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
     k = seq_len - bos  # with bos: L - 1 tokens of text after the <|endoftext|> at position 0
-    ix = torch.randint(len(data) - k, (n,), generator=gen)
+    if doc_start:
+        ix = doc_starts(split, meta['eot'])[torch.randint(len(starts[split]), (n,), generator=gen)]
+    else:
+        ix = torch.randint(len(data) - k, (n,), generator=gen)
     x = torch.stack([torch.from_numpy(data[i:i + k].astype(np.int64)) for i in ix])
     return torch.cat([torch.full((n, 1), meta['eot']), x], dim=1) if bos else x
 

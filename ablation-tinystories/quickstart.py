@@ -7,18 +7,21 @@ $ python ablate.py config/ablate_tinystories.py --out_dir=ablation-tinystories  
 $ python train.py config/train_tinystories.py --max_iters=1200 --decay_lr=False --out_dir=out-constant
 $ python ablation-tinystories/quickstart.py --out_dir=ablation-tinystories \
     --models="{'quickstart': 'out-tinystories', 'constant': 'out-constant'}"
+$ python ablation-tinystories/quickstart.py ... --order=confidence --temperatures="[0.8, 1.0, 1.2, 1.4, 1.6]"
 
-Each model samples the protocol's rows: 48 stories from <|endoftext|> with its sampler (random order, top-p 0.9, its
-sample seeds, its judge), the draft alone and the draft + the paper's exact snapshot refine at its gamma, over the
-temperatures; each row is sample.py's --eval row, kept in out_dir/quickstart/ (a row already there from the same
-checkpoint and settings is reused). Every (model, stage) is read off at real text's entropy as ablate.py reads its
-samplers (log Gen PPL interpolated between the two temperatures that bracket it; the halves MI and the share of names
-kept interpolated as they are), with one bootstrap over the sample seeds for all rows, so the differences between
-models and between a model's refine and draft are paired. Writes out_dir/quickstart/compare.json and prints the table.
+Each model samples the protocol's rows: 48 stories from <|endoftext|> with its sampler (random order, or --order;
+top-p 0.9, its sample seeds, its judge), the draft alone and the draft + the paper's exact snapshot refine at its
+gamma, over the temperatures; each row is sample.py's --eval row, kept in out_dir/quickstart/ORDER/ (a row already
+there from the same checkpoint and settings is reused). Every (model, stage) is read off at real text's entropy as
+ablate.py reads its samplers (log Gen PPL interpolated between the two temperatures that bracket it; the halves MI
+and the share of names kept interpolated as they are), with one bootstrap over the sample seeds for all rows, so the
+differences between models and between a model's refine and draft are paired. Writes out_dir/quickstart/ORDER/compare.json and prints the
+table.
 """
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -33,9 +36,11 @@ from judge import boot_se, matched_entropy  # noqa: E402
 out_dir = 'ablation-tinystories'  # ablate.py's out_dir on tokens (its results.json: settings, real text; its judge)
 models = {'quickstart': 'out-tinystories'}  # name -> a run's out_dir (train.py's); differences are against the first
 temperatures = [0.8, 1.0, 1.2]  # each model's sweep, ascending: it must bracket real text's entropy
+order = 'random'                # the order tokens are revealed in: the protocol's random, or sample.py's confidence
 overwrite = False               # replace rows made with other settings, and compare.json
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
+signal.signal(signal.SIGINT, lambda *_: sys.exit("error: interrupted: run the same command again to continue where it stopped"))
 results = os.path.join(out_dir, 'results.json')
 
 
@@ -43,6 +48,7 @@ def check_settings():
     """Everything the run needs, before a row is sampled."""
     check(len(temperatures) >= 2 and temperatures == sorted(set(temperatures)),
           f"--temperatures={temperatures}: give two or more, ascending, around real text's entropy")
+    check(order in ('random', 'confidence'), f"--order={order!r}: use random (the protocol's) or confidence (sample.py's)")
     check(models, "--models is empty: name at least one run, e.g. --models=\"{'quickstart': 'out-tinystories'}\"")
     for name, d in models.items():
         check(os.path.exists(os.path.join(d, 'ckpt.pt')), f"--models: {d}/ckpt.pt ({name}) not found: train it with python train.py first")
@@ -51,15 +57,15 @@ def check_settings():
     check('spliced_text' in R and R['rows'], f"{results} has no token protocol's rows: use ablate.py's out_dir on TinyStories tokens")
     judge = os.path.join(out_dir, os.path.dirname(R['rows'][0]['judge']))
     check(os.path.isdir(judge), f"{judge}, the protocol's judge, is not in {out_dir}: rerun ablate.py there to train it")
-    check(overwrite or not os.path.exists(os.path.join(out_dir, 'quickstart', 'compare.json')),
-          f"{out_dir}/quickstart/compare.json exists: pass --overwrite=True to remake it")
+    check(overwrite or not os.path.exists(os.path.join(out_dir, 'quickstart', order, 'compare.json')),
+          f"{out_dir}/quickstart/{order}/compare.json exists: pass --overwrite=True to remake it")
     return R, judge
 
 
 R, judge = guard(check_settings)
 S, real = R['settings'], R['real_text']
 stages = {'draft': '4:1.0', 'refine': f"4:1.0,L:{S['gamma']}"}  # the protocol's draft, and draft + the paper's refine
-rows_dir = os.path.join(out_dir, 'quickstart')
+rows_dir = os.path.join(out_dir, 'quickstart', order)
 os.makedirs(rows_dir, exist_ok=True)
 
 
@@ -71,13 +77,15 @@ def row(name, stage, T):
                 checkpoint=os.path.abspath(ckpt), iter_num=torch.load(ckpt, map_location='cpu', mmap=True, weights_only=False)['iter_num'])
     if os.path.exists(path):
         r = json.load(open(path))
-        if {k: r.get(k) for k in want} == want and os.path.realpath(r['judge'].removesuffix('/ckpt.pt')) == os.path.realpath(judge):
+        same_order = all(f':order={order}:' in f'{st}:' for st in r.get('stages_run', '').split(','))
+        same_judge = os.path.realpath(r['judge'].removesuffix('/ckpt.pt')) == os.path.realpath(judge)
+        if {k: r.get(k) for k in want} == want and same_order and same_judge:
             return r
         if not overwrite:
             fail(f"{path} holds a row from another checkpoint or settings: pass --overwrite=True to remake it")
     print(f"sampling {name} {stage} T={T:g} ({S['num_samples']} samples: {'under a minute' if stage == 'draft' else 'about two minutes'} on a 2-core CPU)", flush=True)
     cmd = [sys.executable, os.path.join(here, '..', 'sample.py'), f'--out_dir={models[name]}', f'--stages={stages[stage]}',
-           f"--num_samples={S['num_samples']}", f"--batch_size={S['num_samples']}", '--order=random', '--remask=snapshot',
+           f"--num_samples={S['num_samples']}", f"--batch_size={S['num_samples']}", f'--order={order}', '--remask=snapshot',
            f'--temperature={T}', f"--seed={S['sample_seed']}", '--eval', f'--judge={judge}', f'--eval_out={path}',
            '--overwrite=True']
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -112,6 +120,7 @@ for t in table + diffs:
     label = f"{t['model']} {t['stage']}" + (f" - {t['minus']}" if 'minus' in t else '')
     print(f"{label:<32} Gen PPL {t['gen_ppls'][0]:+9.2f} ± {t['gen_ppls'][1]:.2f}   halves MI {t['mis'][0]:+.3f} ± "
           f"{t['mis'][1]:.3f}   names kept {t['name_shares'][0]:+.3f} ± {t['name_shares'][1]:.3f}")
-json.dump(dict(out_dir=out_dir, judge=judge, models=models, temperatures=temperatures, stages=stages, real_text=real,
-               spliced_text=R['spliced_text'], table=table, differences=diffs), open(os.path.join(rows_dir, 'compare.json'), 'w'), indent=1)
+json.dump(dict(out_dir=out_dir, judge=judge, models=models, temperatures=temperatures, order=order, stages=stages, real_text=real,
+               spliced_text=R['spliced_text'], table=table, differences=diffs), open(os.path.join(rows_dir, 'compare.json.tmp'), 'w'), indent=1)
+os.replace(os.path.join(rows_dir, 'compare.json.tmp'), os.path.join(rows_dir, 'compare.json'))  # whole, or not at all
 print(f"wrote {rows_dir}/compare.json (each measure: estimate, bootstrap s.e.)")
