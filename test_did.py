@@ -816,7 +816,6 @@ def test_gen_ppl_at_matched_entropy_on_a_synthetic_frontier():
     assert est['c'] == pytest.approx(np.mean(noisy[0]['gen_ppls']), rel=1e-12) and boot_se(draws['c']) > 0
 
 
-
 def test_quickstart_compare_reads_each_model_at_real_texts_entropy(tmp_path):
     """ablation-tinystories/quickstart.py on rows already made (reused, nothing sampled): each model's draft and
     refine read off at real text's entropy, the differences paired; a row from another checkpoint or sampled in another
@@ -1368,8 +1367,8 @@ def tiny_run(tmp_path_factory):
 def test_doc_start_windows_begin_at_a_story(tmp_path, monkeypatch):
     """--doc_start=True: every training and validation window's text begins at a story's first character (here 'Q',
     found nowhere else), after the <|endoftext|> at position 0 (or at position 0 with --bos=False); by default
-    windows begin anywhere. A corpus
-    with no document break leaves no story to start at: one line, before any training."""
+    windows begin anywhere. A corpus with no document break leaves no story to start at: one line, before any
+    training."""
     rng = np.random.default_rng(0)
     words = ['the', 'cat', 'sat', 'on', 'a', 'mat', 'and', 'dog', 'ran', 'far']
     (tmp_path / 's.txt').write_text(''.join(f"Q{' '.join(rng.choice(words, int(rng.integers(10, 40))))}.\n<|endoftext|>\n"

@@ -326,7 +326,8 @@ def get_batch(split, gen, n):
     data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
     k = seq_len - bos  # with bos: L - 1 tokens of text after the <|endoftext|> at position 0
     if doc_start:
-        ix = doc_starts(split, meta['eot'])[torch.randint(len(starts[split]), (n,), generator=gen)]
+        docs = doc_starts(split, meta['eot'])
+        ix = docs[torch.randint(len(docs), (n,), generator=gen)]
     else:
         ix = torch.randint(len(data) - k, (n,), generator=gen)
     x = torch.stack([torch.from_numpy(data[i:i + k].astype(np.int64)) for i in ix])

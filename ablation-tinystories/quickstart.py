@@ -15,8 +15,8 @@ gamma, over the temperatures; each row is sample.py's --eval row, kept in out_di
 there from the same checkpoint and settings is reused). Every (model, stage) is read off at real text's entropy as
 ablate.py reads its samplers (log Gen PPL interpolated between the two temperatures that bracket it; the halves MI
 and the share of names kept interpolated as they are), with one bootstrap over the sample seeds for all rows, so the
-differences between models and between a model's refine and draft are paired. Writes out_dir/quickstart/ORDER/compare.json and prints the
-table.
+differences between models and between a model's refine and draft are paired. Writes
+out_dir/quickstart/ORDER/compare.json and prints the table.
 """
 
 import json
@@ -67,14 +67,16 @@ S, real = R['settings'], R['real_text']
 stages = {'draft': '4:1.0', 'refine': f"4:1.0,L:{S['gamma']}"}  # the protocol's draft, and draft + the paper's refine
 rows_dir = os.path.join(out_dir, 'quickstart', order)
 os.makedirs(rows_dir, exist_ok=True)
+iters = {name: torch.load(os.path.join(d, 'ckpt.pt'), map_location='cpu', mmap=True, weights_only=False)['iter_num']
+         for name, d in models.items()}  # a row from an earlier state of the same run is not reused
 
 
 def row(name, stage, T):
     """sample.py's --eval row for one model, stage and temperature; reused when one from this checkpoint, with these
     settings, is there already."""
-    path, ckpt = os.path.join(rows_dir, f'{name}_{stage}_T{T:g}.json'), os.path.join(models[name], 'ckpt.pt')
+    path = os.path.join(rows_dir, f'{name}_{stage}_T{T:g}.json')
     want = dict(stages=stages[stage], temperature=T, num_samples=S['num_samples'], seed=S['sample_seed'],
-                checkpoint=os.path.abspath(ckpt), iter_num=torch.load(ckpt, map_location='cpu', mmap=True, weights_only=False)['iter_num'])
+                checkpoint=os.path.abspath(os.path.join(models[name], 'ckpt.pt')), iter_num=iters[name])
     if os.path.exists(path):
         r = json.load(open(path))
         same_order = all(f':order={order}:' in f'{st}:' for st in r.get('stages_run', '').split(','))
@@ -120,7 +122,8 @@ for t in table + diffs:
     label = f"{t['model']} {t['stage']}" + (f" - {t['minus']}" if 'minus' in t else '')
     print(f"{label:<32} Gen PPL {t['gen_ppls'][0]:+9.2f} ± {t['gen_ppls'][1]:.2f}   halves MI {t['mis'][0]:+.3f} ± "
           f"{t['mis'][1]:.3f}   names kept {t['name_shares'][0]:+.3f} ± {t['name_shares'][1]:.3f}")
+path = os.path.join(rows_dir, 'compare.json')
 json.dump(dict(out_dir=out_dir, judge=judge, models=models, temperatures=temperatures, order=order, stages=stages, real_text=real,
-               spliced_text=R['spliced_text'], table=table, differences=diffs), open(os.path.join(rows_dir, 'compare.json.tmp'), 'w'), indent=1)
-os.replace(os.path.join(rows_dir, 'compare.json.tmp'), os.path.join(rows_dir, 'compare.json'))  # whole, or not at all
-print(f"wrote {rows_dir}/compare.json (each measure: estimate, bootstrap s.e.)")
+               spliced_text=R['spliced_text'], table=table, differences=diffs), open(path + '.tmp', 'w'), indent=1)
+os.replace(path + '.tmp', path)  # whole, or not at all
+print(f"wrote {path} (each measure: estimate, bootstrap s.e.)")
