@@ -588,19 +588,20 @@ def denoise(model, x, conf, stage, gens, sampling, use_cache=True, hook=None, st
     else:
         forward = BlockForward(model, x, stage.block_size, use_cache)
     weight_t = model.lm_head.weight.t().contiguous()  # (C, V), see DiD.logits
-    static = steps['reveal'] if steps and stage.block_size < T else None
     for start in range(0, T, stage.block_size):
+        if forward.fill_block(x, conf, start, stage, gens, sampling, stats, weight_t, hook):
+            continue  # fast.py filled the whole block in one call
         fill(model, x, conf, slice(start, start + stage.block_size), stage, gens, sampling, partial(forward, start), stats,
-             weight_t, hook, static)
+             weight_t, hook)
         forward.block_done(start, stats)
     return stats
 
 
-def fill(model, x, conf, blk, stage, gens, sampling, forward, stats=None, weight_t=None, hook=None, static=None):
+def fill(model, x, conf, blk, stage, gens, sampling, forward, stats=None, weight_t=None, hook=None):
     """Reveal every MASK of x's block blk (a slice of positions), one forward() -> (hidden states of the block,
     tokens it ran) at a time, as many tokens per forward as the stage's schedule says; stats, if given, counts
     the forwards per row (see denoise). Where it reads values (a GPU sync): the masked count once per block,
-    and with a threshold the count each forward revealed (static: see reveal_tokens)."""
+    and with a threshold the count each forward revealed."""
     n = blk.stop - blk.start
     left = (x[:, blk] == model.config.mask_id).sum(1).cpu()  # (B,) masked per row (a device sync per block)
     m, s = left.clone(), 0
@@ -612,7 +613,7 @@ def fill(model, x, conf, blk, stage, gens, sampling, forward, stats=None, weight
         u = row_uniforms(gens, k, n).to(x.device)  # (B, 2, n): position choice, token choice
         h, n_tok = forward()  # (B, n, C): the block's hidden states
         still = x[:, blk] == model.config.mask_id
-        reveal, tok, p = reveal_tokens(model, h, still, k.to(x.device), u, sampling, stage, weight_t, static)  # (B, n) each
+        reveal, tok, p = reveal_tokens(model, h, still, k.to(x.device), u, sampling, stage, weight_t)  # (B, n) each
         x[:, blk] = torch.where(reveal, tok, x[:, blk])
         conf[:, blk] = torch.where(reveal, p.to(conf.dtype), conf[:, blk])
         if hook:  # the positions this forward revealed, (B, T), and the live x and conf
@@ -640,14 +641,9 @@ def row_uniforms(gens, k, n):
     return u
 
 
-def reveal_tokens(model, h, still, k, u, sampling, stage, weight_t=None, static=None):
+def reveal_tokens(model, h, still, k, u, sampling, stage, weight_t=None):
     """The stage's reveal rule on a block's hidden states h (B, n, C): the revealed positions, their tokens and
-    probabilities, each (B, n). static: fast.reveal_one compiled, for the stages it covers (one token per forward)
-    whenever every drawn row's nucleus is within its reach; else the exact rules below."""
-    if static is not None and stage.steps is None and stage.threshold is None:
-        reveal, tok, p, ok = static(model, h, still, k, u, sampling, stage.order == 'confidence', weight_t)
-        if ok:  # a Python bool: reading it was a GPU sync, the price of the fallback
-            return reveal, tok, p
+    probabilities, each (B, n)."""
     if stage.order == 'random':
         reveal, tok, p = reveal_random(model, h, still, k, u, sampling.draw, weight_t)
     else:
@@ -726,6 +722,9 @@ class BlockForward:
             return self.model.hidden(self.x[:, :end], torch.arange(end, device=dev), attn_mask=mask)[:, start:], end
         return self.model.hidden(self.x[:, start:end], torch.arange(start, end, device=dev), cache=self.cache), self.bs
 
+    def fill_block(self, *args):
+        return False  # this sampler fills a block one forward at a time (fill); fast.py's does it in one call
+
     def block_done(self, start, stats):
         end = start + self.bs
         if self.cache is not None and end < self.x.size(1):  # the last block's keys/values would never be read
@@ -764,6 +763,9 @@ class GlobalForward:
         a = self.active
         ha = self.model.hidden(self.x.gather(1, a), a, cache=ActiveKV(self.stale, a))  # (B, M, C)
         return ha.new_zeros(B, L, ha.size(-1)).scatter_(1, a[..., None].expand_as(ha), ha), a.size(1)
+
+    def fill_block(self, *args):
+        return False
 
     def block_done(self, start, stats):
         pass

@@ -10,13 +10,14 @@ $ python bench.py --floor=True                  # eager against compiled, and bo
 A draft forward is a few small matmuls wrapped in dozens of small kernels and Python, and its shapes change from
 block to block (the KV cache grows, the block moves), so torch.compile would retrace it at every block. Here:
   - the KV cache has all L slots from the start; a forward writes its block at the block's positions, a tensor,
-    and attends to every slot up to the block's end (StaticBlockForward): one graph for every block;
+    and attends to every slot up to the block's end (block_step): one graph for every block;
   - the reveal (which position, which token) has fixed shapes too (reveal_one): argmax instead of sorts, and one
-    top-k pass of the nucleus draw for every row (Reveal);
+    top-k pass of the nucleus draw for every row;
+  - a whole block of the draft (its forwards and reveals, one token each, and the clean pass) is one compiled call
+    (draft_block): on a CPU at batch 1 a forward then costs 0.8x what it does in a call of its own (docs/log.md);
   - the global stages' trunk runs on (B, L) already and is compiled as it is.
-On CUDA the steps are CUDA graphs (mode='reduce-overhead'): a forward's kernels are replayed as one launch. On a
-2-core CPU the compiled draft is 1.1-1.5x faster at batch 1 and slower at batch 32 (docs/speed.md); not yet run on
-a GPU.
+On CUDA the steps are CUDA graphs (mode='reduce-overhead'): a block's kernels are replayed as one launch. Speed on a
+2-core CPU: docs/speed.md; not yet run on a GPU.
 """
 
 import torch
@@ -32,9 +33,9 @@ def compiled_steps(model, compile=True):
     if not compile or '_steps' not in model.__dict__:
         mode = 'reduce-overhead' if model.lm_head.weight.is_cuda else None
         make = (lambda fn: torch.compile(fn, mode=mode, dynamic=False)) if compile else (lambda fn: fn)
-        steps = dict(block=make(block_step), hidden=make(model.hidden), reveal=Reveal(make(reveal_one)))
+        steps = dict(block=make(block_step), hidden=make(model.hidden), draft=make(draft_block), top=[64])
         caches = {}
-        steps['blocks'] = lambda model, x, block_size: StaticBlockForward(model, x, block_size, steps['block'], caches)
+        steps['blocks'] = lambda model, x, block_size: StaticBlockForward(model, x, block_size, steps, caches)
         if not compile:
             return steps
         model.__dict__['_steps'] = steps  # in __dict__, not as a submodule: state_dict() and .to() never see it
@@ -48,8 +49,8 @@ class StaticBlockForward(BlockForward):
     holding what did.KVCache holds. Its tensors are made once per batch shape and reused: a slot is always written
     before it is read, so they need no clearing."""
 
-    def __init__(self, model, x, block_size, step, caches):
-        self.model, self.x, self.bs, self.step = model, x, block_size, step
+    def __init__(self, model, x, block_size, steps, caches):
+        self.model, self.x, self.bs, self.steps, self.step = model, x, block_size, steps, steps['block']
         C, nh, B, L = model.config.n_embd, model.config.n_head, *x.shape
         dev = x.device.type  # keys and values in the dtype attention runs in (autocast's; 'meta': the tests' fake device)
         dtype = torch.get_autocast_dtype(dev) if dev != 'meta' and torch.is_autocast_enabled(dev) else model.lm_head.weight.dtype
@@ -59,10 +60,51 @@ class StaticBlockForward(BlockForward):
             for t in caches[key]:  # CUDA graphs write the cache where they were recorded: its address must not change
                 torch._dynamo.mark_static_address(t)
         self.k, self.v = caches[key][0::2], caches[key][1::2]
+        self.exact = False  # True once a draw's nucleus was longer than draft_block's reach
         self.pos = torch.arange(L, device=x.device).view(-1, block_size)  # (L / bs, bs): each block's positions
 
     def __call__(self, start):
         return self.step(self.model, self.x[:, start:start + self.bs], self.pos[start // self.bs], self.k, self.v), self.bs
+
+    def fill_block(self, x, conf, start, stage, gens, sampling, stats, weight_t, hook):
+        """did.fill and block_done for a stage that reveals one token per forward, in one compiled call (draft_block):
+        a call's cost and, on a GPU, the sync that reads whether its draws fit are paid once a block, not once a forward.
+        Each row draws its uniforms first, as many as it has masked positions, as fill would draw them one forward at a
+        time. False (the generators rewound): a draw's nucleus was longer than the reveal's reach; fill redoes the block."""
+        if stage.steps is not None or stage.threshold is not None:
+            return False
+        n, mask_id, blk = self.bs, self.model.config.mask_id, slice(start, start + self.bs)
+        xb, cb = x[:, blk].clone(), conf[:, blk].clone()
+        m = (xb == mask_id).sum(1).tolist()  # masked per row (a GPU sync per block, as in fill)
+        states = [g.get_state() for g in gens]
+        u = torch.zeros(len(gens), n, 2, n)  # (B, step, 2, n): step s's position and token choices
+        for i, g in enumerate(gens):
+            for s in range(m[i]):
+                u[i, s] = torch.rand(2, n, generator=g)
+        top = self.steps['top']  # the draw's reach: the 64 most probable tokens until a nucleus is longer, then 1024
+        run = lambda: self.steps['draft'](self.model, xb, cb, self.pos[start // n], self.k, self.v, u.to(x.device), sampling,
+                                          stage.order == 'confidence', weight_t, top=top[0])
+        out = None if self.exact else run()
+        if not self.exact and not out[-1] and top[0] == 64:  # a sync on a GPU, one a block
+            top[0] = 1024
+            out = run()
+        if self.exact or not out[-1]:  # a nucleus longer than 1024 tokens (an untrained model's): fill's exact rules,
+            self.exact = True          # from the same uniforms, for the rest of this stage
+            for g, st in zip(gens, states):
+                g.set_state(st)
+            return False
+        xb2, cb2, when = out[:3]  # when (B, n): the forward that revealed each position, -1 none
+        if hook:  # each forward's reveal, with x and conf as they were after it
+            for s in range(max(m)):
+                x[:, blk], conf[:, blk] = torch.where(when > s, mask_id, xb2), torch.where(when > s, cb, cb2)
+                hook('reveal', (torch.zeros_like(x, dtype=torch.bool).index_copy_(1, torch.arange(start, start + n, device=x.device), when == s), x, conf))
+        x[:, blk], conf[:, blk] = xb2, cb2
+        stats['nfe'] += torch.tensor(m)
+        stats['token_forwards'] += torch.tensor(m) * n
+        if start + n < x.size(1):  # draft_block's clean pass (the last block's is not counted: its keys are never read)
+            stats['cache_passes'] += 1
+            stats['token_forwards'] += n
+        return True
 
     def block_done(self, start, stats):
         if start + self.bs < self.x.size(1):  # the clean block's keys and values overwrite the noisy ones
@@ -80,6 +122,25 @@ def block_step(model, idx, pos, k, v):
     return model.hidden(idx, pos, attn_mask=mask, cache=StaticKV(k, v, pos))  # additive: on a CPU 1.6x faster than bool
 
 
+def draft_block(model, xb, cb, pos, k, v, u, sampling, confidence, weight_t=None, top=64):
+    """A whole block of the draft, one token per forward: n block_steps, each followed by reveal_one, then the clean
+    block's pass that writes its keys and values (also after the last block, where they are never read: one graph for
+    every block). xb (B, n) the block's tokens, cb (B, n) their confidences, u (B, n, 2, n) each forward's uniforms.
+    A row with nothing left to reveal runs the forward and reveals nothing, as in a batch of fill. Returns the block's
+    tokens and confidences, when (B, n) the forward that revealed each position (-1: none) and ok (reveal_one's)."""
+    mask_id, n = model.config.mask_id, xb.size(1)
+    when = torch.full_like(xb, -1)
+    ok = torch.ones((), dtype=torch.bool, device=xb.device)
+    for s in range(n):
+        still = xb == mask_id  # (B, n)
+        h = block_step(model, xb, pos, k, v)
+        reveal, tok, p, ok_s = reveal_one(model, h, still, still.any(1).long(), u[:, s], sampling, confidence, weight_t, top)
+        xb, cb, when = torch.where(reveal, tok, xb), torch.where(reveal, p.to(cb.dtype), cb), torch.where(reveal, s, when)
+        ok = ok & ok_s
+    block_step(model, xb, pos, k, v)
+    return xb, cb, when, ok
+
+
 class StaticKV:
     """block_step's cache: a layer's keys and values written in place at the block's positions."""
 
@@ -92,27 +153,12 @@ class StaticKV:
         return self.k[layer], self.v[layer]
 
 
-class Reveal:
-    """reveal_one with the reach of its draw: the 64 most probable tokens of each row, until a draw's nucleus is longer;
-    then 1024 from there on (a second graph; a trained model's nucleus is a few dozen tokens, an untrained one's is
-    thousands). The draw that did not fit is made by the exact rules (did.reveal_tokens), so no token changes."""
-
-    def __init__(self, fn):
-        self.fn, self.top = fn, 64
-
-    def __call__(self, *args):
-        reveal, tok, p, ok = self.fn(*args, top=self.top)
-        if not ok:  # a sync on a GPU, as did.reveal_tokens' next line would be
-            self.top = 1024
-        return reveal, tok, p, bool(ok)
-
-
 def reveal_one(model, h, still, k, u, sampling, confidence, weight_t=None, top=64):
     """did.reveal_random and did.reveal_confident for at most one token per row (k <= 1) with fixed shapes: the
     position with the highest u[i, 0] among the masked ones (random order), or the most probable of the draws at every
     masked position (confidence order: a block is a few positions, so the head runs at all of them). Ties go to the
     first position, as in the exact rules' stable sorts. Returns reveal, tok, p, each (B, n), and whether every draw
-    it used had its nucleus among its `top` most probable tokens (if not, did.reveal_tokens uses the exact rules)."""
+    it used had its nucleus among its `top` most probable tokens (if not, the block is redone by the exact rules)."""
     B, n, C = h.shape
     draw = lambda logits, u: sample_tokens_static(logits, u, sampling.top_p, sampling.temperature, sampling.nucleus, top)
     if confidence:

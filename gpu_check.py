@@ -10,8 +10,9 @@ $ python gpu_check.py --smoke=True         # any machine, seconds: the same step
    refine, and sample.py's default refine.
 2. bench.py --floor=True: the draft's and a global stage's forwards eager, compiled as CUDA graphs (fast.py), and
    their matmuls alone, for the quick start's shape and BD3-LM small's, at batch 1 and 32, with the compile time
-   and the tokens after which compiling pays (what sample.py --compile's default should be on a GPU); a few
-   minutes, most of them compiling (--floor=False skips it; --smoke runs the steps uncompiled).
+   and the tokens after which compiling pays (what sample.py --compile's default should be on a GPU); several
+   minutes, most of them compiling (a draft block's graph holds five forwards: on a 2-core CPU these rows compile
+   in about 7 minutes; --floor=False skips it; --smoke runs the steps uncompiled).
 3. torchrun --nproc_per_node=1 train.py config/train_did_owt.py on synthetic tokens (a sparse Markov chain over
    1,000 GPT-2 ids: learnable, so the loss must fall) for `steps` iterations; then the same run stopped halfway
    and resumed, whose losses after the resume must equal the uninterrupted run's.
@@ -35,7 +36,7 @@ smoke = False                   # a toy shape on any device (seconds): checks th
 out = 'gpu_check.json'          # the results
 work_dir = 'out-gpu-check'      # its synthetic data and training runs
 steps = 200                     # training iterations of the loss and resume check
-floor = True                    # step 2, the compiled sampler's rows (most of its time is compiling: a few minutes)
+floor = True                    # step 2, the compiled sampler's rows (most of its time is compiling: several minutes)
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
 here = os.path.dirname(os.path.abspath(__file__))

@@ -406,16 +406,21 @@ STATIC_CASES = [  # (stages, model): drafts and refines in both orders, small bl
 @pytest.mark.parametrize('V,std', [(40, 0.3), (1500, 0.5), (1500, 0.02)])
 def test_static_steps_give_the_eager_tokens(stages, V, std):
     """fast.py's static-shape pieces, uncompiled (their logic; the compiled ones are checked below): token for token
-    the eager sampler, with the same confidences, in a batch of three. V=40: every nucleus is within the first reach
+    the eager sampler, with the same confidences, forward counts and hook events, in a batch of three. V=40: every nucleus is within the first reach
     (64); V=1500, std 0.5: nuclei of hundreds, the first draw falls back to the exact rules and the rest reach 1024;
     std 0.02: flat, longer than 1024, every draw falls back."""
     from fast import compiled_steps
     model = tiny_model(V=V, std=std)
-    ref = generate(model, [5, 6], [3, 4, 5], sampler(*stages, top_p=0.9))
-    out = generate(model, [5, 6], [3, 4, 5], sampler(*stages, top_p=0.9), steps=compiled_steps(model, compile=False))
+    seen = {}
+    hook = lambda name: lambda event, k, d: seen.setdefault(name, []).append((event, k, *(t.clone() for t in (d if event == 'reveal' else (d,)))))
+    ref = generate(model, [5, 6], [3, 4, 5], sampler(*stages, top_p=0.9), hook=hook('ref'))
+    out = generate(model, [5, 6], [3, 4, 5], sampler(*stages, top_p=0.9), steps=compiled_steps(model, compile=False), hook=hook('out'))
     assert torch.equal(out['tokens'], ref['tokens'])
     assert torch.allclose(out['conf'], ref['conf'], rtol=1e-12)
-    assert all(torch.equal(a['nfe'], b['nfe']) for a, b in zip(out['stats'], ref['stats']))
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(out['stats'], ref['stats']) for k in a)
+    assert len(seen['out']) == len(seen['ref'])  # every forward's reveal, with x and conf as they were after it
+    for a, b in zip(seen['out'], seen['ref']):
+        assert a[:2] == b[:2] and all(torch.allclose(p.double(), q.double(), rtol=1e-12) for p, q in zip(a[2:], b[2:]))
 
 
 def test_sample_tokens_static_equals_sample_tokens_and_flags_long_nuclei():
@@ -445,7 +450,7 @@ def test_compiled_sampler_gives_the_eager_tokens():
     """torch.compile'd static steps (on the CPU: inductor's C++ kernels) against the eager sampler: the same tokens
     for drafts and refines, random and confidence order, in a batch of two; confidences to float32 rounding."""
     from fast import compiled_steps
-    model = tiny_model(L=32, V=40).float()
+    model = tiny_model(L=32, V=40, n_layer=1).float()  # one layer: the graphs' logic at half the compile time
     steps = compiled_steps(model)
     assert compiled_steps(model) is steps  # compiled once per model
     for stages in ([Stage(4), Stage(32, 0.25)], [Stage(4, order='confidence'), Stage(32, 0.25, order='confidence')]):
@@ -826,14 +831,15 @@ def test_quickstart_compare_reads_each_model_at_real_texts_entropy(tmp_path):
     json.dump(dict(settings=dict(num_samples=n, sample_seed=1337, gamma=0.25), rows=[dict(judge='judge-x/ckpt.pt')],
                    real_text=dict(entropy=4.3, gen_ppl=13.0, mi=0.04, name_share=0.34), spliced_text=dict(mi=0.0, name_share=0.1)),
               open(abl / 'results.json', 'w'))
-    def rows(name, ppl, mi, hs=(4.0, 4.6), iter_num=7, order='random', folder='random'):  # each sample at entropy h:
-        os.makedirs(tmp_path / name, exist_ok=True)                                      # Gen PPL ppl[i], MI mi[i]
+    def rows(name, ppl, mi, hs=(4.0, 4.6), iter_num=7, order='random', folder='random', posthoc=False):  # each sample at
+        os.makedirs(tmp_path / name, exist_ok=True)                              # entropy h: Gen PPL ppl[i], MI mi[i]
         torch.save(dict(iter_num=iter_num), tmp_path / name / 'ckpt.pt')
         os.makedirs(abl / 'quickstart' / folder, exist_ok=True)
-        for stage, st, run, f in (('draft', '4:1.0', f'4:1.0:order={order}:refresh=1', 1.0),
-                                  ('refine', '4:1.0,L:0.25', f'4:1.0:order={order}:refresh=1,256:0.25:order={order}:refresh=1', 2.0)):
+        refine = ('4:1.0,L:0.25', f'4:1.0:order={order}:refresh=1,256:0.25:order={order}:refresh=1')
+        for stage, (st, run), f, remask in (('draft', ('4:1.0', f'4:1.0:order={order}:refresh=1'), 1.0, 'snapshot'),
+                                            ('refine', refine, 2.0, 'snapshot'), ('refine_posthoc', refine, 3.0, 'posthoc'))[:3 if posthoc else 2]:
             for T, h, p, m in zip((0.8, 1.0), hs, ppl, mi):
-                json.dump(dict(stages=st, stages_run=run, temperature=T, num_samples=n, seed=1337, checkpoint=str(tmp_path / name / 'ckpt.pt'),
+                json.dump(dict(stages=st, stages_run=run, remask=remask, temperature=T, num_samples=n, seed=1337, checkpoint=str(tmp_path / name / 'ckpt.pt'),
                                iter_num=7, judge=str(abl / 'judge-x'), entropy=h, entropies=[h] * n, gen_ppls=[f * p] * n,
                                mis=[m] * n, name_shares=[0.5] * n), open(abl / 'quickstart' / folder / f'{name}_{stage}_T{T:g}.json', 'w'))
     rows('qs', (10.0, 40.0), (0.0, 0.06))
@@ -863,6 +869,13 @@ def test_quickstart_compare_reads_each_model_at_real_texts_entropy(tmp_path):
         rows('old', (20.0, 80.0), (0.0, 0.02), **kw)
         p = run_here(cmd, tmp_path)
         assert p.returncode == 1 and 'old_draft_T0.8.json holds a row from another checkpoint' in p.stderr, p.stderr
+    rows('qs', (10.0, 40.0), (0.0, 0.06), posthoc=True)  # the paper's ablation: the refine with a posthoc remasking
+    rows('old', (20.0, 80.0), (0.0, 0.02), posthoc=True)
+    p = run_here(cmd + ["--remasks=['snapshot', 'posthoc']"], tmp_path)
+    d = {(x['model'], x['stage'], x['minus']): x['gen_ppls'][0] for x in json.load(open(abl / 'quickstart' / 'random' / 'compare.json'))['differences']}
+    assert p.returncode == 0 and 'sampling' not in p.stdout, p.stderr
+    assert d['qs', 'refine_posthoc', 'draft'] == pytest.approx(40.0) and d['qs', 'refine', 'refine_posthoc'] == pytest.approx(-20.0)
+    os.remove(abl / 'quickstart' / 'random' / 'compare.json')
     rows('old', (20.0, 80.0), (0.0, 0.02), hs=(4.4, 4.6))  # the sweep's entropies lie above real text's
     p = run_here(cmd, tmp_path)
     assert p.returncode == 1 and "miss real text's 4.300" in p.stderr, p.stderr
@@ -959,9 +972,9 @@ def test_the_sampler_pieces_on_a_fake_accelerator_never_touch_the_cpu(fresh_mask
 
 def test_the_static_steps_on_a_fake_accelerator_never_touch_the_cpu(fresh_masks):
     """fast.py's static-shape pieces (what CUDA graphs replay) on a fake accelerator: the static KV cache's block
-    forwards and clean pass, the fixed-shape reveal in both orders, and the global trunk. A CUDA graph may hold no
+    forwards and clean pass, the fixed-shape reveal and a whole block's draft in both orders, and the global trunk. A CUDA graph may hold no
     CPU tensor and no sync: here a CPU tensor fails (FakeTensorDeviceMismatchError), and so does reading a value."""
-    from fast import compiled_steps
+    from fast import compiled_steps, reveal_one
     mode, to = fake_accelerator()
     model = tiny_model().float()
     model._apply(to)
@@ -975,8 +988,11 @@ def test_the_static_steps_on_a_fake_accelerator_never_touch_the_cpu(fresh_masks)
         h, n = blocks(8)
         blocks.block_done(8, {k: torch.zeros(3, dtype=torch.long) for k in ('cache_passes', 'token_forwards')})
         for confidence in (False, True):
-            out = steps['reveal'].fn(model, h, x[:, 8:12] == 39, to(torch.tensor([1, 1, 0])), u, PAPER, confidence)
+            out = reveal_one(model, h, x[:, 8:12] == 39, to(torch.tensor([1, 1, 0])), u, PAPER, confidence)
             assert all(t.device == x.device for t in out) and out[1].shape == (3, 4)
+            out = steps['draft'](model, x[:, 12:16], to(torch.ones(3, 4)), blocks.pos[3], blocks.k, blocks.v,
+                                 to(torch.rand(3, 4, 2, 4)), PAPER, confidence)
+            assert all(t.device == x.device for t in out) and out[2].shape == (3, 4)
         assert steps['hidden'](x, to(torch.arange(32))).device == x.device
 
 
@@ -1727,6 +1743,7 @@ BAD = [  # (command, what the one line must say)
     (Q + ["--models={'a': 'a'}", '--out_dir=a', '--temperatures=[1.2, 0.8]'], 'give two or more, ascending'),
     (Q + ['--models={}'], '--models is empty'),
     (Q + ['--order=left'], "--order='left': use random"),
+    (Q + ["--remasks=['snapshot', 'lowest']"], "name some of snapshot, posthoc, random"),
     (Q + ["--models={'a': 'a'}", '--out_dir=abl'], "has no token protocol's rows"),
     (A + ['--tokenizer=bpe'], 'use char or gpt2'), (A + ["--orders=['sideways']"], 'draft orders'),
     (Bn + ['--train_iters=0'], 'train_iters=0'), (Bn + ['--warmup=-1'], 'warmup=-1'), (Bn + ['--vocab_size=1'], 'vocab_size=1'),

@@ -8,10 +8,12 @@ $ python train.py config/train_tinystories.py --max_iters=1200 --decay_lr=False 
 $ python ablation-tinystories/quickstart.py --out_dir=ablation-tinystories \
     --models="{'quickstart': 'out-tinystories', 'constant': 'out-constant'}"
 $ python ablation-tinystories/quickstart.py ... --order=confidence --temperatures="[0.8, 1.0, 1.2, 1.4, 1.6]"
+$ python ablation-tinystories/quickstart.py ... --remasks="['snapshot', 'posthoc', 'random']" --overwrite=True
 
 Each model samples the protocol's rows: 48 stories from <|endoftext|> with its sampler (random order, or --order;
 top-p 0.9, its sample seeds, its judge), the draft alone and the draft + the paper's exact snapshot refine at its
-gamma, over the temperatures; each row is sample.py's --eval row, kept in out_dir/quickstart/ORDER/ (a row already
+gamma (and with --remasks, the refine that remasks by a posthoc score or at random: the paper's ablation), over the
+temperatures; each row is sample.py's --eval row, kept in out_dir/quickstart/ORDER/ (a row already
 there from the same checkpoint and settings is reused). Every (model, stage) is read off at real text's entropy as
 ablate.py reads its samplers (log Gen PPL interpolated between the two temperatures that bracket it; the halves MI
 and the share of names kept interpolated as they are), with one bootstrap over the sample seeds for all rows, so the
@@ -37,6 +39,7 @@ out_dir = 'ablation-tinystories'  # ablate.py's out_dir on tokens (its results.j
 models = {'quickstart': 'out-tinystories'}  # name -> a run's out_dir (train.py's); differences are against the first
 temperatures = [0.8, 1.0, 1.2]  # each model's sweep, ascending: it must bracket real text's entropy
 order = 'random'                # the order tokens are revealed in: the protocol's random, or sample.py's confidence
+remasks = ['snapshot']          # the refine's choice of what to remask: snapshot (DiD's); posthoc and random: the paper's ablation
 overwrite = False               # replace rows made with other settings, and compare.json
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
@@ -49,6 +52,8 @@ def check_settings():
     check(len(temperatures) >= 2 and temperatures == sorted(set(temperatures)),
           f"--temperatures={temperatures}: give two or more, ascending, around real text's entropy")
     check(order in ('random', 'confidence'), f"--order={order!r}: use random (the protocol's) or confidence (sample.py's)")
+    check(remasks and set(remasks) <= {'snapshot', 'posthoc', 'random'} and len(set(remasks)) == len(remasks),
+          f"--remasks={remasks}: name some of snapshot, posthoc, random, each once")
     check(models, "--models is empty: name at least one run, e.g. --models=\"{'quickstart': 'out-tinystories'}\"")
     for name, d in models.items():
         check(os.path.exists(os.path.join(d, 'ckpt.pt')), f"--models: {d}/ckpt.pt ({name}) not found: train it with python train.py first")
@@ -64,7 +69,9 @@ def check_settings():
 
 R, judge = guard(check_settings)
 S, real = R['settings'], R['real_text']
-stages = {'draft': '4:1.0', 'refine': f"4:1.0,L:{S['gamma']}"}  # the protocol's draft, and draft + the paper's refine
+stages = {'draft': '4:1.0'}  # the protocol's draft, and draft + the paper's refine with each remasking
+stages.update({'refine' + ('' if r == 'snapshot' else f'_{r}'): f"4:1.0,L:{S['gamma']}" for r in remasks})
+remask_of = lambda stage: stage.removeprefix('refine_') if stage.startswith('refine_') else 'snapshot'
 rows_dir = os.path.join(out_dir, 'quickstart', order)
 os.makedirs(rows_dir, exist_ok=True)
 iters = {name: torch.load(os.path.join(d, 'ckpt.pt'), map_location='cpu', mmap=True, weights_only=False)['iter_num']
@@ -75,7 +82,7 @@ def row(name, stage, T):
     """sample.py's --eval row for one model, stage and temperature; reused when one from this checkpoint, with these
     settings, is there already."""
     path = os.path.join(rows_dir, f'{name}_{stage}_T{T:g}.json')
-    want = dict(stages=stages[stage], temperature=T, num_samples=S['num_samples'], seed=S['sample_seed'],
+    want = dict(stages=stages[stage], remask=remask_of(stage), temperature=T, num_samples=S['num_samples'], seed=S['sample_seed'],
                 checkpoint=os.path.abspath(os.path.join(models[name], 'ckpt.pt')), iter_num=iters[name])
     if os.path.exists(path):
         r = json.load(open(path))
@@ -87,7 +94,7 @@ def row(name, stage, T):
             fail(f"{path} holds a row from another checkpoint or settings: pass --overwrite=True to remake it")
     print(f"sampling {name} {stage} T={T:g} ({S['num_samples']} samples: {'under a minute' if stage == 'draft' else 'about two minutes'} on a 2-core CPU)", flush=True)
     cmd = [sys.executable, os.path.join(here, '..', 'sample.py'), f'--out_dir={models[name]}', f'--stages={stages[stage]}',
-           f"--num_samples={S['num_samples']}", f"--batch_size={S['num_samples']}", f'--order={order}', '--remask=snapshot',
+           f"--num_samples={S['num_samples']}", f"--batch_size={S['num_samples']}", f'--order={order}', f'--remask={remask_of(stage)}',
            f'--temperature={T}', f"--seed={S['sample_seed']}", '--eval', f'--judge={judge}', f'--eval_out={path}',
            '--overwrite=True']
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -114,7 +121,9 @@ def diff(a, b):
 table = [dict(model=m, stage=s, **{k: (float(at[k][0][m, s]), boot_se(at[k][1][m, s])) for k in at}) for m, s in curves]
 first = next(iter(models))
 diffs = [dict(model=m, stage=s, minus=first, **diff((m, s), (first, s))) for m in models if m != first for s in stages]
-diffs += [dict(model=m, stage='refine', minus='draft', **diff((m, 'refine'), (m, 'draft'))) for m in models]
+diffs += [dict(model=m, stage=s, minus='draft', **diff((m, s), (m, 'draft'))) for m in models for s in stages if s != 'draft']
+diffs += [dict(model=m, stage='refine', minus=s, **diff((m, 'refine'), (m, s))) for m in models for s in stages
+          if s.startswith('refine_') and 'refine' in stages]  # snapshot against the other remaskings
 print(f"at real text's entropy, {real['entropy']:.3f} (real text: Gen PPL {real['gen_ppl']:.2f}, halves MI {real['mi']:.3f}, "
       f"names kept {real['name_share']:.3f}; stories spliced from two: MI {R['spliced_text']['mi']:.3f}, names "
       f"{R['spliced_text']['name_share']:.3f})")
@@ -123,7 +132,7 @@ for t in table + diffs:
     print(f"{label:<32} Gen PPL {t['gen_ppls'][0]:+9.2f} ± {t['gen_ppls'][1]:.2f}   halves MI {t['mis'][0]:+.3f} ± "
           f"{t['mis'][1]:.3f}   names kept {t['name_shares'][0]:+.3f} ± {t['name_shares'][1]:.3f}")
 path = os.path.join(rows_dir, 'compare.json')
-json.dump(dict(out_dir=out_dir, judge=judge, models=models, temperatures=temperatures, order=order, stages=stages, real_text=real,
+json.dump(dict(out_dir=out_dir, judge=judge, models=models, temperatures=temperatures, order=order, remasks=remasks, stages=stages, real_text=real,
                spliced_text=R['spliced_text'], table=table, differences=diffs), open(path + '.tmp', 'w'), indent=1)
 os.replace(path + '.tmp', path)  # whole, or not at all
 print(f"wrote {path} (each measure: estimate, bootstrap s.e.)")
