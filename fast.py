@@ -70,12 +70,16 @@ class StaticBlockForward(BlockForward):
         """did.fill and block_done for a stage that reveals one token per forward, in one compiled call (draft_block):
         a call's cost and, on a GPU, the sync that reads whether its draws fit are paid once a block, not once a forward.
         Each row draws its uniforms first, as many as it has masked positions, as fill would draw them one forward at a
-        time. False (the generators rewound): a draw's nucleus was longer than the reveal's reach; fill redoes the block."""
-        if stage.steps is not None or stage.threshold is not None:
+        time. False: fill does the block (and block_done its clean pass), for a stage that reveals more than one token
+        a forward, a block at most half masked, or a draw whose nucleus is longer than 1024 tokens (the generators
+        rewound: the same uniforms)."""
+        if stage.steps is not None or stage.threshold is not None or self.exact:
             return False
         n, mask_id, blk = self.bs, self.model.config.mask_id, slice(start, start + self.bs)
         xb, cb = x[:, blk].clone(), conf[:, blk].clone()
         m = (xb == mask_id).sum(1).tolist()  # masked per row (a GPU sync per block, as in fill)
+        if 2 * max(m) <= n:  # fill runs max(m) forwards and the clean pass, fewer than draft_block's n + 1
+            return False
         states = [g.get_state() for g in gens]
         u = torch.zeros(len(gens), n, 2, n)  # (B, step, 2, n): step s's position and token choices
         for i, g in enumerate(gens):
@@ -84,12 +88,13 @@ class StaticBlockForward(BlockForward):
         top = self.steps['top']  # the draw's reach: the 64 most probable tokens until a nucleus is longer, then 1024
         run = lambda: self.steps['draft'](self.model, xb, cb, self.pos[start // n], self.k, self.v, u.to(x.device), sampling,
                                           stage.order == 'confidence', weight_t, top=top[0])
-        out = None if self.exact else run()
-        if not self.exact and not out[-1] and top[0] == 64:  # a sync on a GPU, one a block
+        out = run()
+        if not out[-1] and top[0] == 64:  # a sync on a GPU, one a block
             top[0] = 1024
+            del out  # (a CUDA graph's outputs live in its memory pool)
             out = run()
-        if self.exact or not out[-1]:  # a nucleus longer than 1024 tokens (an untrained model's): fill's exact rules,
-            self.exact = True          # from the same uniforms, for the rest of this stage
+        if not out[-1]:  # a nucleus longer than 1024 tokens (an untrained model's): fill's exact rules, from the same
+            self.exact = True  # uniforms, for the rest of this stage
             for g, st in zip(gens, states):
                 g.set_state(st)
             return False
@@ -158,7 +163,8 @@ def reveal_one(model, h, still, k, u, sampling, confidence, weight_t=None, top=6
     position with the highest u[i, 0] among the masked ones (random order), or the most probable of the draws at every
     masked position (confidence order: a block is a few positions, so the head runs at all of them). Ties go to the
     first position, as in the exact rules' stable sorts. Returns reveal, tok, p, each (B, n), and whether every draw
-    it used had its nucleus among its `top` most probable tokens (if not, the block is redone by the exact rules)."""
+    it used had its nucleus among its `top` most probable tokens (if not, the block is redone with a longer reach, or
+    by the exact rules)."""
     B, n, C = h.shape
     draw = lambda logits, u: sample_tokens_static(logits, u, sampling.top_p, sampling.temperature, sampling.nucleus, top)
     if confidence:

@@ -399,28 +399,35 @@ def test_exact_sampler_equals_the_slow_reference():
 STATIC_CASES = [  # (stages, model): drafts and refines in both orders, small blocks in a refine, schedules the
     [Stage(4)], [Stage(4, order='confidence')], [Stage(4), Stage(32, 0.25)],  # static reveal does not cover (exact)
     [Stage(4, order='confidence'), Stage(32, 0.5, order='confidence')], [Stage(8), Stage(4, 0.5, order='confidence')],
-    [Stage(4, order='confidence', steps=2), Stage(32, 0.25, order='confidence', threshold=0.5)]]
+    [Stage(8), Stage(4, 0.75)], [Stage(4, order='confidence', steps=2), Stage(32, 0.25, order='confidence', threshold=0.5)]]
 
 
 @pytest.mark.parametrize('stages', STATIC_CASES, ids=lambda s: ','.join(f"{x.block_size}{x.order[0]}" for x in s))
 @pytest.mark.parametrize('V,std', [(40, 0.3), (1500, 0.5), (1500, 0.02)])
-def test_static_steps_give_the_eager_tokens(stages, V, std):
+def test_static_steps_give_the_eager_tokens(stages, V, std, monkeypatch):
     """fast.py's static-shape pieces, uncompiled (their logic; the compiled ones are checked below): token for token
-    the eager sampler, with the same confidences, forward counts and hook events, in a batch of three. V=40: every nucleus is within the first reach
-    (64); V=1500, std 0.5: nuclei of hundreds, the first draw falls back to the exact rules and the rest reach 1024;
-    std 0.02: flat, longer than 1024, every draw falls back."""
-    from fast import compiled_steps
+    the eager sampler, with the same confidences, forward counts and hook events, in a batch of three whose rows have
+    different masked counts in a refine's small blocks. V=40: every nucleus is within the first reach (64), and every
+    block with more than half its positions masked is one draft_block call; V=1500, std 0.5: nuclei of hundreds, the
+    first block is redone with a reach of 1024, which holds them; std 0.02: flat, longer than 1024, every block falls
+    back to fill's exact rules."""
+    from fast import StaticBlockForward, compiled_steps
     model = tiny_model(V=V, std=std)
+    fused, fill_block = [], StaticBlockForward.fill_block
+    monkeypatch.setattr(StaticBlockForward, 'fill_block', lambda *a: fused.append(fill_block(*a)) or fused[-1])
+    steps = compiled_steps(model, compile=False)
     seen = {}
     hook = lambda name: lambda event, k, d: seen.setdefault(name, []).append((event, k, *(t.clone() for t in (d if event == 'reveal' else (d,)))))
     ref = generate(model, [5, 6], [3, 4, 5], sampler(*stages, top_p=0.9), hook=hook('ref'))
-    out = generate(model, [5, 6], [3, 4, 5], sampler(*stages, top_p=0.9), steps=compiled_steps(model, compile=False), hook=hook('out'))
+    out = generate(model, [5, 6], [3, 4, 5], sampler(*stages, top_p=0.9), steps=steps, hook=hook('out'))
     assert torch.equal(out['tokens'], ref['tokens'])
     assert torch.allclose(out['conf'], ref['conf'], rtol=1e-12)
     assert all(torch.equal(a[k], b[k]) for a, b in zip(out['stats'], ref['stats']) for k in a)
     assert len(seen['out']) == len(seen['ref'])  # every forward's reveal, with x and conf as they were after it
     for a, b in zip(seen['out'], seen['ref']):
         assert a[:2] == b[:2] and all(torch.allclose(p.double(), q.double(), rtol=1e-12) for p, q in zip(a[2:], b[2:]))
+    one_token = any(s.block_size < 32 and s.steps is None and s.threshold is None for s in stages)
+    assert (sum(fused) > 0) == (one_token and std > 0.02) and steps['top'][0] == (1024 if one_token and V > 64 else 64)
 
 
 def test_sample_tokens_static_equals_sample_tokens_and_flags_long_nuclei():
@@ -1744,6 +1751,7 @@ BAD = [  # (command, what the one line must say)
     (Q + ['--models={}'], '--models is empty'),
     (Q + ['--order=left'], "--order='left': use random"),
     (Q + ["--remasks=['snapshot', 'lowest']"], "name some of snapshot, posthoc, random"),
+    (Q + ["--remasks=[['snapshot']]"], "name some of snapshot, posthoc, random"),
     (Q + ["--models={'a': 'a'}", '--out_dir=abl'], "has no token protocol's rows"),
     (A + ['--tokenizer=bpe'], 'use char or gpt2'), (A + ["--orders=['sideways']"], 'draft orders'),
     (Bn + ['--train_iters=0'], 'train_iters=0'), (Bn + ['--warmup=-1'], 'warmup=-1'), (Bn + ['--vocab_size=1'], 'vocab_size=1'),

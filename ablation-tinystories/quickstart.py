@@ -9,6 +9,7 @@ $ python ablation-tinystories/quickstart.py --out_dir=ablation-tinystories \
     --models="{'quickstart': 'out-tinystories', 'constant': 'out-constant'}"
 $ python ablation-tinystories/quickstart.py ... --order=confidence --temperatures="[0.8, 1.0, 1.2, 1.4, 1.6]"
 $ python ablation-tinystories/quickstart.py ... --remasks="['snapshot', 'posthoc', 'random']" --overwrite=True
+(--overwrite=True remakes compare.json, and any row there from another checkpoint or settings, without asking)
 
 Each model samples the protocol's rows: 48 stories from <|endoftext|> with its sampler (random order, or --order;
 top-p 0.9, its sample seeds, its judge), the draft alone and the draft + the paper's exact snapshot refine at its
@@ -17,8 +18,8 @@ temperatures; each row is sample.py's --eval row, kept in out_dir/quickstart/ORD
 there from the same checkpoint and settings is reused). Every (model, stage) is read off at real text's entropy as
 ablate.py reads its samplers (log Gen PPL interpolated between the two temperatures that bracket it; the halves MI
 and the share of names kept interpolated as they are), with one bootstrap over the sample seeds for all rows, so the
-differences between models and between a model's refine and draft are paired. Writes
-out_dir/quickstart/ORDER/compare.json and prints the table.
+differences between models, between a model's refines and its draft, and between its snapshot refine and the others
+are paired. Writes out_dir/quickstart/ORDER/compare.json and prints the table.
 """
 
 import json
@@ -52,7 +53,8 @@ def check_settings():
     check(len(temperatures) >= 2 and temperatures == sorted(set(temperatures)),
           f"--temperatures={temperatures}: give two or more, ascending, around real text's entropy")
     check(order in ('random', 'confidence'), f"--order={order!r}: use random (the protocol's) or confidence (sample.py's)")
-    check(remasks and set(remasks) <= {'snapshot', 'posthoc', 'random'} and len(set(remasks)) == len(remasks),
+    check(isinstance(remasks, list) and remasks and all(r in ('snapshot', 'posthoc', 'random') for r in remasks)
+          and len(set(remasks)) == len(remasks),
           f"--remasks={remasks}: name some of snapshot, posthoc, random, each once")
     check(models, "--models is empty: name at least one run, e.g. --models=\"{'quickstart': 'out-tinystories'}\"")
     for name, d in models.items():
