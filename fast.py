@@ -23,7 +23,7 @@ On CUDA the steps are CUDA graphs (mode='reduce-overhead'): a block's kernels ar
 import torch
 from torch.nn import functional as F
 
-from did import BlockForward, nucleus_topk, sample_tokens
+from did import BlockForward, nucleus_topk, row_uniforms, sample_tokens
 
 
 def compiled_steps(model, compile=True):
@@ -77,14 +77,11 @@ class StaticBlockForward(BlockForward):
             return False
         n, mask_id, blk = self.bs, self.model.config.mask_id, slice(start, start + self.bs)
         xb, cb = x[:, blk].clone(), conf[:, blk].clone()
-        m = (xb == mask_id).sum(1).tolist()  # masked per row (a GPU sync per block, as in fill)
-        if 2 * max(m) <= n:  # fill runs max(m) forwards and the clean pass, fewer than draft_block's n + 1
+        m = (xb == mask_id).sum(1).cpu()  # (B,) masked per row (a GPU sync per block, as in fill)
+        if 2 * m.max() <= n:  # fill runs max(m) forwards and the clean pass, fewer than draft_block's n + 1
             return False
         states = [g.get_state() for g in gens]
-        u = torch.zeros(len(gens), n, 2, n)  # (B, step, 2, n): step s's position and token choices
-        for i, g in enumerate(gens):
-            for s in range(m[i]):
-                u[i, s] = torch.rand(2, n, generator=g)
+        u = torch.stack([row_uniforms(gens, m > s, n) for s in range(n)], 1)  # (B, step, 2, n): fill's draws, step by step
         top = self.steps['top']  # the draw's reach: the 64 most probable tokens until a nucleus is longer, then 1024
         run = lambda: self.steps['draft'](self.model, xb, cb, self.pos[start // n], self.k, self.v, u.to(x.device), sampling,
                                           stage.order == 'confidence', weight_t, top=top[0])
@@ -100,12 +97,13 @@ class StaticBlockForward(BlockForward):
             return False
         xb2, cb2, when = out[:3]  # when (B, n): the forward that revealed each position, -1 none
         if hook:  # each forward's reveal, with x and conf as they were after it
-            for s in range(max(m)):
+            pos = torch.arange(start, start + n, device=x.device)
+            for s in range(int(m.max())):
                 x[:, blk], conf[:, blk] = torch.where(when > s, mask_id, xb2), torch.where(when > s, cb, cb2)
-                hook('reveal', (torch.zeros_like(x, dtype=torch.bool).index_copy_(1, torch.arange(start, start + n, device=x.device), when == s), x, conf))
+                hook('reveal', (torch.zeros_like(x, dtype=torch.bool).index_copy_(1, pos, when == s), x, conf))
         x[:, blk], conf[:, blk] = xb2, cb2
-        stats['nfe'] += torch.tensor(m)
-        stats['token_forwards'] += torch.tensor(m) * n
+        stats['nfe'] += m
+        stats['token_forwards'] += m * n
         if start + n < x.size(1):  # draft_block's clean pass (the last block's is not counted: its keys are never read)
             stats['cache_passes'] += 1
             stats['token_forwards'] += n
