@@ -37,13 +37,12 @@ import json
 import math
 import os
 import re
-import subprocess
 import time
 import urllib.request
 
 import numpy as np
 
-from configurator import check, configure, fail, guard
+from configurator import check, child, configure, fail, guard
 from judge import Judge, boot_se, matched_entropy, real_word_rate, words
 from load import Tokenizer
 
@@ -185,27 +184,11 @@ SHOW = re.compile(r'(iter \d+:|step \d+:|noise search|stage B=|\d+ samples in|er
 
 def run(script, *args, log=None):
     """Run one of our scripts in out_dir, its progress echoed as it comes and all of its output in out_dir/log.
-    A failure (or Ctrl-C) stops everything with the child's last line; a rerun continues where it stopped."""
-    cmd = [sys.executable, os.path.join(here, script), *map(str, args)]
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    lines = []
-    with open(os.path.join(out_dir, log or os.devnull), 'w') as f:
-        p = subprocess.Popen(cmd, cwd=out_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            for line in p.stdout:
-                lines.append(line)
-                f.write(line)
-                f.flush()
-                if SHOW.match(line):
-                    print('    ' + line.rstrip()[:160], flush=True)
-            p.wait()
-        except KeyboardInterrupt:
-            p.wait()  # train.py saves its checkpoint on the same Ctrl-C
-            fail(f"interrupted during {script}: run the same command again to continue where it stopped")
-    if p.returncode:
-        last = next((s.strip() for s in reversed(lines) if s.strip()), '(no output)')
-        fail(f"{script} {' '.join(map(str, args))[:300]} failed: {last}")
-    return ''.join(lines)
+    A failure (or Ctrl-C) stops everything with the child's error; a rerun continues where it stopped."""
+    def echo(line):
+        if SHOW.match(line):
+            print('    ' + line.rstrip()[:160], flush=True)
+    child([sys.executable, os.path.join(here, script), *map(str, args)], log and os.path.join(out_dir, log), echo, cwd=out_dir)
 
 
 # progress: each step's cost estimated in seconds on a 2-core CPU at the default shape, rescaled as steps finish

@@ -8,16 +8,19 @@ runs the config files (plain Python) over them, then applies the --key=value ove
 whatever the order on the command line. Every value is type-checked against the default it replaces, and a
 key that is not in the config block (a typo) is an error with a suggestion, not silently a new variable.
 Then the checks every script shares, and its one way to stop on a bad input: one line, `error: ...`, exit 1
-(library code raises ValueError; guard() turns it into that line).
+(library code raises ValueError; guard() turns it into that line). A script that runs another (ablate.py,
+gpu_check.py) does it with child(), which hands the child a file for that line: the error comes back as JSON,
+never read out of the child's printed output.
 """
 
 import ast
 import difflib
+import json
 import os
 import re
+import subprocess
 import sys
-
-import torch
+import tempfile
 
 ALIASES = {'block_size': 'seq_len', 'n_ctx': 'seq_len', 'context_length': 'seq_len', 'lr': 'learning_rate',
            'iters': 'max_iters', 'num_iters': 'max_iters', 'gamma': 'stages', 'steps_per_block': 'steps'}
@@ -27,14 +30,13 @@ SIMPLE = (int, float, bool, str, dict, list, tuple, type(None))
 def unknown(key, keys, where, dashes=''):
     near = ALIASES.get(key) if ALIASES.get(key) in keys else next(iter(difflib.get_close_matches(key, keys, 1)), None)
     hint = f"; did you mean {dashes}{near}?" if near else ""
-    return SystemExit(f"error: unknown config key {dashes}{key} {where}{hint} (the keys are in the config block at the "
-                      f"top of the script)")
+    return f"unknown config key {dashes}{key} {where}{hint} (the keys are in the config block at the top of the script)"
 
 
 def typecheck(key, val, old, where):
     bad_bool = isinstance(val, bool) != isinstance(old, bool)  # True is an int to Python, not to us
     if old is not None and (bad_bool or not isinstance(val, type(old)) and not (isinstance(val, int) and isinstance(old, float))):
-        raise SystemExit(f"error: {where} sets {key}={val!r}, which should be a {type(old).__name__}, like the default {old!r}")
+        fail(f"{where} sets {key}={val!r}, which should be a {type(old).__name__}, like the default {old!r}")
 
 
 def configure(cfg, argv, quiet=False):
@@ -46,17 +48,17 @@ def configure(cfg, argv, quiet=False):
     given = set()
     for arg in [a for a in argv if not a.startswith('--')]:
         if not os.path.isfile(arg):
-            raise SystemExit(f"error: config file {arg} not found (config files are in config/; overrides are written --key=value)")
+            fail(f"config file {arg} not found (config files are in config/; overrides are written --key=value)")
         if not quiet:
             print(f"overriding config with {arg}")
         ns = {}  # what the file assigns: its own namespace, read over the script's
         try:
             exec(open(arg).read(), cfg, ns)
         except Exception as e:
-            raise SystemExit(f"error: config file {arg} failed: {type(e).__name__}: {e}")
+            fail(f"config file {arg} failed: {type(e).__name__}: {e}")
         for k, v in ns.items():
             if k not in keys and not k.startswith('_') and isinstance(v, SIMPLE):
-                raise unknown(k, keys, f"in {arg}")
+                fail(unknown(k, keys, f"in {arg}"))
             if k in keys:
                 typecheck(k, v, cfg[k], f"config file {arg}")
                 cfg[k] = v
@@ -66,7 +68,7 @@ def configure(cfg, argv, quiet=False):
         if not eq and isinstance(cfg.get(key), bool):
             val = 'True'  # a bare --flag switches a boolean on
         if key not in keys:
-            raise unknown(key, keys, "on the command line", '--')
+            fail(unknown(key, keys, "on the command line", '--'))
         try:
             val = val if isinstance(cfg[key], str) else ast.literal_eval(val)  # a text setting takes the text as it is
         except (ValueError, SyntaxError):
@@ -97,23 +99,54 @@ def check(ok, msg):
 
 def check_device(device, dtype):
     """One line, and the fix, for a device or dtype this machine cannot run (train.py, sample.py, bench.py)."""
+    import torch
     if not re.fullmatch(r'cpu|mps|cuda(:\d+)?', device):
-        raise SystemExit(f"error: --device={device!r}: use cpu, cuda, cuda:N or mps")
+        fail(f"--device={device!r}: use cpu, cuda, cuda:N or mps")
     if device.startswith('cuda') and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device={device} but this PyTorch sees no CUDA GPU: use --device=cpu, or install "
-                         f"a CUDA build of torch")
+        fail(f"--device={device} but this PyTorch sees no CUDA GPU: use --device=cpu, or install "
+             f"a CUDA build of torch")
     if device.startswith('cuda:') and int(device[5:]) >= torch.cuda.device_count():
-        raise SystemExit(f"error: --device={device} but there are {torch.cuda.device_count()} GPUs")
+        fail(f"--device={device} but there are {torch.cuda.device_count()} GPUs")
     if device == 'mps' and not torch.backends.mps.is_available():
-        raise SystemExit("error: --device=mps but MPS is not available here: use --device=cpu")
+        fail("--device=mps but MPS is not available here: use --device=cpu")
     if dtype not in ('float32', 'bfloat16', 'float16'):
-        raise SystemExit(f"error: --dtype={dtype!r}: use float32, bfloat16 or float16")
+        fail(f"--dtype={dtype!r}: use float32, bfloat16 or float16")
     if dtype == 'float16' and not device.startswith('cuda'):
-        raise SystemExit(f"error: --dtype=float16 needs CUDA (its gradient scaler): use bfloat16 or float32 on {device}")
+        fail(f"--dtype=float16 needs CUDA (its gradient scaler): use bfloat16 or float32 on {device}")
 
 
 def fail(msg):
+    """Stop with one line, `error: msg`, exit 1; and where a parent script asked for it (child()), the same line as
+    JSON in the file it named, so the parent reports it without reading our output."""
+    if os.environ.get('DID_ERROR_FILE'):
+        with open(os.environ['DID_ERROR_FILE'], 'w') as f:
+            json.dump({'error': str(msg)}, f)
     sys.exit(f"error: {msg}")
+
+
+def child(cmd, log=None, echo=None, **kw):
+    """Run one of our scripts (cmd: argv), all of its output into the file log (if given) and each line to echo (if
+    given). A failure stops the caller with the child's own error line (fail()'s JSON), or, when the child died
+    some other way (a traceback, a signal), with its exit status and where its output is."""
+    with tempfile.TemporaryDirectory() as tmp:
+        err = os.path.join(tmp, 'error.json')
+        env = dict(os.environ, PYTHONUNBUFFERED='1', DID_ERROR_FILE=err)
+        with open(log or os.devnull, 'w') as f:
+            p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+            try:
+                for line in p.stdout:
+                    f.write(line)
+                    f.flush()
+                    if echo:
+                        echo(line)
+                p.wait()
+            except BaseException:  # Ctrl-C: the child stops on the same signal (train.py saves its checkpoint first)
+                p.wait()
+                raise
+        if p.returncode:
+            name = next((os.path.basename(c) for c in cmd[1:] if c.endswith('.py')), cmd[0])
+            fail(f"{name}: {json.load(open(err))['error']}" if os.path.exists(err) else
+                 f"{' '.join(cmd[1:])[:300]} exited with status {p.returncode}" + (f" (its output: {log})" if log else ""))
 
 
 def guard(fn, *args):

@@ -22,14 +22,13 @@ $ python gpu_check.py --smoke=True         # any machine, seconds: the same step
 
 import json
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
 
-from configurator import configure, fail
+from configurator import child, configure, fail
 
 # -----------------------------------------------------------------------------
 smoke = False                   # a toy shape on any device (seconds): checks the script, measures nothing
@@ -55,11 +54,7 @@ results = dict(device=torch.cuda.get_device_name() if cuda else 'cpu', torch=tor
 
 def run(cmd, cwd=here):
     print('$ ' + ' '.join(cmd[1:]), flush=True)
-    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
-    print(p.stdout[-3000:], end='', flush=True)
-    if p.returncode:
-        fail(f"{' '.join(cmd[1:3])} failed: {(p.stderr or p.stdout).strip().splitlines()[-1]}")
-    return p.stdout
+    child(cmd, echo=lambda line: print(line, end='', flush=True), cwd=cwd)  # its output as it comes; its error as JSON
 
 
 # 1. the benchmark

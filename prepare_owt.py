@@ -38,6 +38,8 @@ from multiprocessing import Pool
 import numpy as np
 from tqdm import tqdm
 
+from configurator import check, fail, guard
+
 p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
 p.add_argument('--input', nargs='+', help='local .txt / .jsonl files to prepare instead of OpenWebText (offline)')
 p.add_argument('--dataset', default='openwebtext', choices=['openwebtext', 'tinystories', 'tinystories-valid'],
@@ -80,8 +82,8 @@ def download(name):
                 os.remove(path + '.tmp')
             if not isinstance(e, OSError):
                 raise
-            raise SystemExit(f"error: could not download {TINYSTORIES + name} ({type(e).__name__}: {e}); offline? save "
-                             f"that file as {path} yourself, or pass --input=FILE")
+            fail(f"could not download {TINYSTORIES + name} ({type(e).__name__}: {e}); offline? save "
+                 f"that file as {path} yourself, or pass --input=FILE")
     return path
 
 
@@ -90,7 +92,7 @@ def read_local(paths):
     docs = []
     for path in paths:
         if not os.path.isfile(path):
-            raise SystemExit(f"error: --input file {path} not found")
+            fail(f"--input file {path} not found")
         try:
             with open(path, encoding='utf-8') as f:
                 if path.endswith('.jsonl'):
@@ -99,27 +101,27 @@ def read_local(paths):
                             try:
                                 text = json.loads(line)['text']
                             except (ValueError, KeyError, TypeError):
-                                raise SystemExit(f"error: {path} line {n} is not a JSON object with a \"text\" field")
+                                fail(f"{path} line {n} is not a JSON object with a \"text\" field")
                             if not isinstance(text, str):
-                                raise SystemExit(f"error: {path} line {n}: \"text\" is a {type(text).__name__}, not a string")
+                                fail(f"{path} line {n}: \"text\" is a {type(text).__name__}, not a string")
                             docs.append(text)
                 else:  # one document, or stories separated by <|endoftext|> lines (TinyStories' layout)
                     docs += [d for d in EOT_LINE.split(f.read()) if d.strip()]
         except UnicodeDecodeError as e:
-            raise SystemExit(f"error: {path} is not UTF-8 text (byte {e.start}): convert it, e.g. iconv -t utf-8")
+            fail(f"{path} is not UTF-8 text (byte {e.start}): convert it, e.g. iconv -t utf-8")
         if any('\x00' in d for d in docs):
-            raise SystemExit(f"error: {path} holds NUL bytes: it looks like a binary file, not text")
+            fail(f"{path} holds NUL bytes: it looks like a binary file, not text")
     if not any(d.strip() for d in docs):
-        raise SystemExit(f"error: --input {' '.join(paths)} holds no text (an empty file is often a download that failed: "
-                         f"fetch it again)")
+        fail(f"--input {' '.join(paths)} holds no text (an empty file is often a download that failed: "
+             f"fetch it again)")
     return docs
 
 def read_owt():
     try:
         from datasets import load_dataset
     except ImportError:
-        raise SystemExit("error: OpenWebText needs the datasets package: pip install datasets "
-                         "(or prepare local text offline with --input=FILE)")
+        fail("OpenWebText needs the datasets package: pip install datasets "
+             "(or prepare local text offline with --input=FILE)")
     if args.num_docs:
         ds = load_dataset('openwebtext', split='train', streaming=True, trust_remote_code=True)
         return [d['text'] for d, _ in zip(ds, tqdm(range(args.num_docs), desc='downloading'))]
@@ -156,7 +158,7 @@ def main(docs, val_docs=None):
     if args.tokenizer == 'char':
         chars = sorted(set(''.join(docs + (val_docs or []))))
         if len(chars) >= 65535:
-            raise SystemExit(f"error: {len(chars)} distinct characters do not fit uint16 ids: use --tokenizer=gpt2")
+            fail(f"{len(chars)} distinct characters do not fit uint16 ids: use --tokenizer=gpt2")
         eot = len(chars)  # one more id for <|endoftext|>
         stoi = {c: i for i, c in enumerate(chars)}
         toks, val_toks = ([np.array([eot] + [stoi[c] for c in d], dtype=np.uint16) for d in ds] for ds in (docs, val_docs or []))
@@ -189,35 +191,32 @@ def main(docs, val_docs=None):
     for split, arrays in parts.items():
         n = sum(len(a) for a in arrays)
         if n == 0:
-            raise SystemExit(f"error: the {split} split would be empty: give more text, or change --val_frac")
+            fail(f"the {split} split would be empty: give more text, or change --val_frac")
         write(os.path.join(args.out_dir, f'{split}.bin'), arrays, n)
         print(f"{split}: {n:,} tokens")
     return meta
 
-if __name__ == '__main__':
-    files = [os.path.join(args.out_dir, f) for f in ('train.bin', 'val.bin', 'meta.json')]
-    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
-        raise SystemExit(f"error: --out_dir={args.out_dir} is a file: pick a folder name")
-    if any(map(os.path.exists, files)) and not args.overwrite:
-        raise SystemExit(f"error: {args.out_dir} already holds prepared data: pick another --out_dir, or pass "
-                         f"--overwrite to replace it")
-    if not 0 < args.val_frac < 1:
-        raise SystemExit(f"error: --val_frac={args.val_frac} must be between 0 and 1")
-    if args.num_proc < 1:
-        raise SystemExit(f"error: --num_proc={args.num_proc} must be at least 1")
-    if args.compact and args.tokenizer != 'gpt2':
-        raise SystemExit("error: --compact renumbers GPT-2 ids; characters are compact already: drop --compact")
-    if args.compact and not args.input and args.dataset == 'openwebtext' and not args.num_docs:
-        raise SystemExit("error: --compact needs every token in memory, too many for all of OpenWebText: use it with "
-                         "--num_docs, --input or a TinyStories --dataset")
-    if args.input and args.dataset != 'openwebtext':
-        raise SystemExit(f"error: --input and --dataset={args.dataset} both say what to prepare: give one")
+
+def check_args(files):
+    """Every setting, and what is already in --out_dir, before any download or work: one line, and the fix."""
+    check(not os.path.exists(args.out_dir) or os.path.isdir(args.out_dir), f"--out_dir={args.out_dir} is a file: pick a folder name")
+    check(args.overwrite or not any(map(os.path.exists, files)),
+          f"{args.out_dir} already holds prepared data: pick another --out_dir, or pass --overwrite to replace it")
+    check(0 < args.val_frac < 1, f"--val_frac={args.val_frac} must be between 0 and 1")
+    check(args.num_proc >= 1, f"--num_proc={args.num_proc} must be at least 1")
+    check(not args.compact or args.tokenizer == 'gpt2', "--compact renumbers GPT-2 ids; characters are compact already: drop --compact")
+    check(not args.compact or args.input or args.dataset != 'openwebtext' or args.num_docs,
+          "--compact needs every token in memory, too many for all of OpenWebText: use it with --num_docs, --input or a "
+          "TinyStories --dataset")
+    check(not args.input or args.dataset == 'openwebtext', f"--input and --dataset={args.dataset} both say what to prepare: give one")
     if args.tokenizer == 'gpt2':
         from load import gpt2_encoding
-        try:
-            gpt2_encoding()  # the BPE files load here (or one line of error), before any work
-        except ValueError as e:
-            raise SystemExit(f"error: {e}")
+        gpt2_encoding()  # the BPE files load here (or one line of error), before any work
+
+
+if __name__ == '__main__':
+    files = [os.path.join(args.out_dir, f) for f in ('train.bin', 'val.bin', 'meta.json')]
+    guard(check_args, files)
     created = not os.path.isdir(args.out_dir)
     try:
         os.makedirs(args.out_dir, exist_ok=True)
@@ -238,7 +237,7 @@ if __name__ == '__main__':
         if created and os.path.isdir(args.out_dir) and not os.listdir(args.out_dir):
             os.rmdir(args.out_dir)
         if isinstance(e, KeyboardInterrupt):
-            raise SystemExit("error: interrupted; nothing was written")
+            fail("interrupted; nothing was written")
         if isinstance(e, OSError):
-            raise SystemExit(f"error: cannot write to {args.out_dir} ({e.strerror}): pick a folder you can write to")
+            fail(f"cannot write to {args.out_dir} ({e.strerror}): pick a folder you can write to")
         raise

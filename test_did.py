@@ -1865,6 +1865,26 @@ def test_help_prints_the_commands_and_every_setting(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+
+def test_child_reports_the_childs_error_from_its_file_not_its_output(tmp_path):
+    """configurator.child, which ablate.py, gpu_check.py and quickstart.py run our scripts with: a child's fail()
+    comes back as its message, even when other lines follow it; a crash as its exit status and its log."""
+    from configurator import child
+    script = tmp_path / 'kid.py'
+    script.write_text(f"import atexit, sys\nsys.path.insert(0, {ROOT!r})\nfrom configurator import fail\n"
+                      "atexit.register(print, 'error: a line printed after the error')\nprint('progress')\n"
+                      "fail(sys.argv[1]) if sys.argv[1] != 'crash' else 1 / 0\n")
+    seen, log = [], tmp_path / 'kid.log'
+    with pytest.raises(SystemExit) as e:
+        child([sys.executable, str(script), 'the real error'], str(log), seen.append)
+    assert str(e.value) == 'error: kid.py: the real error'
+    assert seen[0] == 'progress\n' and 'error: a line printed after the error' in log.read_text()
+    with pytest.raises(SystemExit) as e:
+        child([sys.executable, str(script), 'crash'], str(log))
+    assert str(e.value) == f"error: {script} crash exited with status 1 (its output: {log})"
+    assert 'ZeroDivisionError' in log.read_text()
+    child([sys.executable, '-c', 'print(1)'])  # a child that succeeds: nothing raised
+
 # -----------------------------------------------------------------------------
 # sample.py: samples, --show, --infill, --max_len, --html, --eval, Ctrl-C
 

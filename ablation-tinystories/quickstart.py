@@ -25,14 +25,13 @@ are paired. Writes out_dir/quickstart/ORDER/compare.json and prints the table.
 import json
 import os
 import signal
-import subprocess
 import sys
 
 import torch
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, '..'))
-from configurator import check, configure, fail, guard  # noqa: E402
+from configurator import check, child, configure, fail, guard  # noqa: E402
 from judge import boot_se, matched_entropy  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -99,9 +98,7 @@ def row(name, stage, T):
            f"--num_samples={S['num_samples']}", f"--batch_size={S['num_samples']}", f'--order={order}', f'--remask={remask_of(stage)}',
            f'--temperature={T}', f"--seed={S['sample_seed']}", '--eval', f'--judge={judge}', f'--eval_out={path}',
            '--overwrite=True']
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode:
-        fail(f"sample.py on {name} {stage} T={T:g}: {((p.stderr or p.stdout).strip() or 'no output').splitlines()[-1].removeprefix('error: ')}")
+    child(cmd, os.path.join(out_dir, 'quickstart.log'))  # a failure stops here with sample.py's error
     return json.load(open(path))
 
 
