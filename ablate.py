@@ -188,7 +188,10 @@ def run(script, *args, log=None):
     def echo(line):
         if SHOW.match(line):
             print('    ' + line.rstrip()[:160], flush=True)
-    child([sys.executable, os.path.join(here, script), *map(str, args)], log and os.path.join(out_dir, log), echo, cwd=out_dir)
+    try:
+        child([sys.executable, os.path.join(here, script), *map(str, args)], log and os.path.join(out_dir, log), echo, cwd=out_dir)
+    except KeyboardInterrupt:
+        fail(f"interrupted during {script}: run the same command again to continue where it stopped")
 
 
 # progress: each step's cost estimated in seconds on a 2-core CPU at the default shape, rescaled as steps finish
@@ -465,8 +468,10 @@ json.dump(dict(settings=settings, models=models, nelbo=nelbos, judge_nelbo=judge
           open(results[0], 'w'), indent=1)
 with open(results[1], 'w') as f:
     unit = 'char' if tokenizer == 'char' else 'token'
+    made = (sum(times.values()) + sum(r['seconds'] for r in rows if 'seconds' in r)) / 60  # reused steps count too
     f.write(f"Settings: {json.dumps(settings)}\n\nAR judge: val NELBO {judge_nelbo:.4f} nats/{unit}. "
-            f"Whole command: {(time.time() - t_start) / 60:.0f} minutes.\n\n")
+            f"This run of the command: {(time.time() - t_start) / 60:.0f} minutes; training every model and sampling "
+            f"every row here took {made:.0f} minutes, whichever run made them (evaluations not counted).\n\n")
     f.write("| seed | model | iterations | val NELBO B=4 | val NELBO B=L | val NLL (AR) |\n|---|---|---|---|---|---|\n")
     for role, seed, it, folder, *_ in arms:
         if folder in nelbos:
@@ -509,7 +514,7 @@ print(open(results[1]).read())
 if plt is not None:
     colors = {('baseline', 'draft'): 'C3', ('did', 'draft'): 'C0', ('did', 'draft + refine'): 'C0',
               ('small', 'draft'): 'C2', ('small', 'draft + refine'): 'C2', ('ar', 'sample'): 'C4'}
-    fig, axes = plt.subplots(len(seeds), len(orders), figsize=(5.5 * len(orders), 4.2 * len(seeds)), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(len(seeds), len(orders), figsize=(max(7, 5.5 * len(orders)), 4.2 * len(seeds) + 0.4), squeeze=False, sharey=True)
     for i, seed in enumerate(seeds):
         for j, order in enumerate(orders):
             ax = axes[i][j]
@@ -529,7 +534,7 @@ if plt is not None:
                 ax.set_ylabel('Gen PPL under the AR judge (lower is better)')
             ax.legend(fontsize=7)
     fig.suptitle(f'Gen PPL against entropy: DiD at toy scale ({n_layer}x{n_embd}, L={seq_len}, {unit}s, '
-                 f'{os.path.basename(os.path.dirname(files[0]) if len(files) > 1 else files[0])}); dotted: real text\'s entropy', fontsize=10)
+                 f'{os.path.basename(os.path.dirname(files[0]) if len(files) > 1 else files[0])})\ndotted: real text\'s entropy', fontsize=10)
     fig.tight_layout()
     fig.savefig(results[2], dpi=130)
     fig, ax = plt.subplots(figsize=(7, 4.5))

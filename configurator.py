@@ -119,15 +119,18 @@ def fail(msg):
     """Stop with one line, `error: msg`, exit 1; and where a parent script asked for it (child()), the same line as
     JSON in the file it named, so the parent reports it without reading our output."""
     if os.environ.get('DID_ERROR_FILE'):
-        with open(os.environ['DID_ERROR_FILE'], 'w') as f:
+        path = os.environ['DID_ERROR_FILE']
+        with open(f'{path}.{os.getpid()}', 'w') as f:  # whole or not at all, though several ranks of a torchrun fail
             json.dump({'error': str(msg)}, f)
+        os.replace(f'{path}.{os.getpid()}', path)
     sys.exit(f"error: {msg}")
 
 
-def child(cmd, log=None, echo=None, **kw):
-    """Run one of our scripts (cmd: argv), all of its output into the file log (if given) and each line to echo (if
-    given). A failure stops the caller with the child's own error line (fail()'s JSON), or, when the child died
-    some other way (a traceback, a signal), with its exit status and where its output is."""
+def child(cmd, log=None, echo=None, name=None, **kw):
+    """Run one of our scripts (cmd: argv; name: what to call it in an error), all of its output into the file log (if
+    given) and each line to echo (if given). A failure stops the caller with the child's own error line (fail()'s
+    JSON), or, when the child died some other way (a traceback, a signal), with its exit status and its log."""
+    name = name or next((os.path.basename(c) for c in cmd[1:] if c.endswith('.py')), cmd[0])
     with tempfile.TemporaryDirectory() as tmp:
         err = os.path.join(tmp, 'error.json')
         env = dict(os.environ, PYTHONUNBUFFERED='1', DID_ERROR_FILE=err)
@@ -139,14 +142,20 @@ def child(cmd, log=None, echo=None, **kw):
                     f.flush()
                     if echo:
                         echo(line)
-                p.wait()
-            except BaseException:  # Ctrl-C: the child stops on the same signal (train.py saves its checkpoint first)
-                p.wait()
+            except BaseException as e:
+                if isinstance(e, Exception):  # our own failure (a full disk, a closed pipe): stop the child
+                    p.kill()
+                f.writelines(p.stdout)  # Ctrl-C reached the child too: its last lines (train.py: where it saved)
                 raise
-        if p.returncode:
-            name = next((os.path.basename(c) for c in cmd[1:] if c.endswith('.py')), cmd[0])
-            fail(f"{name}: {json.load(open(err))['error']}" if os.path.exists(err) else
-                 f"{' '.join(cmd[1:])[:300]} exited with status {p.returncode}" + (f" (its output: {log})" if log else ""))
+            finally:
+                p.wait()
+        try:
+            msg = json.load(open(err))['error'] if os.path.exists(err) else None
+        except (ValueError, KeyError):
+            msg = None
+    if p.returncode:
+        fail(f"{name}: {msg}" if msg else
+             f"{name} ({' '.join(cmd[1:])[:300]}) exited with status {p.returncode}" + (f"; its output: {log}" if log else ""))
 
 
 def guard(fn, *args):

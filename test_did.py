@@ -1878,10 +1878,13 @@ def test_child_reports_the_childs_error_from_its_file_not_its_output(tmp_path):
     with pytest.raises(SystemExit) as e:
         child([sys.executable, str(script), 'the real error'], str(log), seen.append)
     assert str(e.value) == 'error: kid.py: the real error'
+    with pytest.raises(SystemExit) as e:
+        child([sys.executable, str(script), 'again'], name='the kid at T=1')
+    assert str(e.value) == 'error: the kid at T=1: again'
     assert seen[0] == 'progress\n' and 'error: a line printed after the error' in log.read_text()
     with pytest.raises(SystemExit) as e:
         child([sys.executable, str(script), 'crash'], str(log))
-    assert str(e.value) == f"error: {script} crash exited with status 1 (its output: {log})"
+    assert str(e.value) == f"error: kid.py ({script} crash) exited with status 1; its output: {log}"
     assert 'ZeroDivisionError' in log.read_text()
     child([sys.executable, '-c', 'print(1)'])  # a child that succeeds: nothing raised
 

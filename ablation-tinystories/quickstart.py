@@ -98,7 +98,7 @@ def row(name, stage, T):
            f"--num_samples={S['num_samples']}", f"--batch_size={S['num_samples']}", f'--order={order}', f'--remask={remask_of(stage)}',
            f'--temperature={T}', f"--seed={S['sample_seed']}", '--eval', f'--judge={judge}', f'--eval_out={path}',
            '--overwrite=True']
-    child(cmd, os.path.join(out_dir, 'quickstart.log'))  # a failure stops here with sample.py's error
+    child(cmd, os.path.join(out_dir, 'quickstart.log'), name=f"sample.py on {name} {stage} T={T:g}")  # its error stops us here
     return json.load(open(path))
 
 

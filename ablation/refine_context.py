@@ -14,14 +14,13 @@ lower temperature gives at the same entropy. Writes out_dir/refine_context.json 
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, '..'))
-from configurator import configure, fail  # noqa: E402
+from configurator import child, configure, fail  # noqa: E402
 from judge import at_entropy, boot_se  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -50,9 +49,7 @@ def row(folder, stages, T):
            f"--batch_size={S['num_samples']}", f'--stages={stages}', '--remask=snapshot', '--order=random',
            f'--temperature={T}', '--eval', f'--judge={judge}/ckpt.pt', f"--seed={S['sample_seed']}",
            f'--words_from=data/{data}/train_words.txt', '--eval_out=refine_context_row.json', '--overwrite=True']
-    p = subprocess.run(cmd, cwd=out_dir, capture_output=True, text=True)
-    if p.returncode:
-        fail(f"sample.py failed: {(p.stderr or p.stdout).strip().splitlines()[-1]}")
+    child(cmd, os.path.join(out_dir, 'refine_context.log'), cwd=out_dir)  # sample.py's error, if any, stops us here
     return json.load(open(os.path.join(out_dir, 'refine_context_row.json')))  # sample.py's --eval row
 
 
