@@ -120,9 +120,10 @@ def fail(msg):
     JSON in the file it named, so the parent reports it without reading our output."""
     if os.environ.get('DID_ERROR_FILE'):
         path = os.environ['DID_ERROR_FILE']
-        with open(f'{path}.{os.getpid()}', 'w') as f:  # whole or not at all, though several ranks of a torchrun fail
+        tmp = f'{path}.{os.getpid()}'  # written whole, then moved in: several ranks of a torchrun may fail at once
+        with open(tmp, 'w') as f:
             json.dump({'error': str(msg)}, f)
-        os.replace(f'{path}.{os.getpid()}', path)
+        os.replace(tmp, path)
     sys.exit(f"error: {msg}")
 
 
