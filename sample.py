@@ -208,7 +208,8 @@ def check_outputs(meta):
             raise ValueError(f"--words_from={words_from} is not a readable UTF-8 text file ({type(e).__name__}): give the training text")
     if eval:
         jd = Judge(judge_path, device)
-        if not jd.hf and jd.meta != meta:
+        gpt2 = jd.hf or jd.meta['tokenizer'] == meta['tokenizer'] == 'gpt2'  # it re-encodes our text, whatever the ids' map
+        if not gpt2 and jd.meta != meta:
             raise ValueError(f"the judge {judge_path} reads other tokens ({jd.meta['tokenizer']}, {jd.meta['vocab_size']}) than "
                              f"{ckpt_path} writes ({meta['tokenizer']}, {meta['vocab_size']}): use a judge trained on the same data")
     return vocab, jd

@@ -2050,6 +2050,33 @@ def test_gpt2_judge_path_end_to_end_with_a_tiny_local_gpt2(tiny_run):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_a_judge_on_compact_gpt2_ids_scores_a_model_with_the_full_vocabulary(tmp_path):
+    """The judge re-encodes the decoded text, so an AR judge trained on a compact vocabulary scores the samples of a
+    model with GPT-2's full one (the same stories): the row is written with every sample scored. A character judge
+    of another character set is still refused (the bad-input table: 'reads other tokens')."""
+    tiktoken = pytest.importorskip('tiktoken')
+    try:
+        tiktoken.get_encoding('gpt2')
+    except Exception as e:
+        pytest.skip(f'GPT-2 BPE files unavailable offline: {e}')
+    names = ['Tim', 'Lily', 'Ben', 'Sue']
+    (tmp_path / 'ts.txt').write_text(''.join(f"Once upon a time, {names[i % 4]} saw a cat. The cat was happy.\n<|endoftext|>\n"
+                                             for i in range(400)), encoding='utf-8')
+    for name, extra in (('full', []), ('compact', ['--compact'])):
+        run_here([sys.executable, os.path.join(ROOT, 'prepare_owt.py'), '--input=ts.txt', f'--out_dir=data/{name}', *extra],
+                 cwd=tmp_path, check=True)
+    train(tmp_path, '--dataset=compact', '--causal=True', '--out_dir=judge', '--max_iters=2', '--eval_interval=2', '--n_layer=1')
+    train(tmp_path, '--dataset=full', '--out_dir=m', '--max_iters=40', '--eval_interval=40', '--n_layer=1', '--n_embd=16',
+          '--learning_rate=1e-2')  # learns to write the stories' ids alone
+    p = run_here([sys.executable, os.path.join(ROOT, 'sample.py'), '--out_dir=m', '--num_samples=2', '--batch_size=2',
+                  '--stages=4:1.0', '--eval', '--judge=judge/ckpt.pt', '--eval_out=row.json'], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    row = json.load(open(tmp_path / 'row.json'))
+    judge_vocab = json.load(open(tmp_path / 'data' / 'compact' / 'meta.json'))['vocab_size']
+    assert row['scored'] == 2 and 1 < row['gen_ppl'] < 10 * judge_vocab, row  # a judge of two iterations: near uniform
+
+
 def test_sample_eval_with_our_own_ar_judge(tiny_run):
     tmp_path = tiny_run[0]
     train(tmp_path, '--max_iters=10', '--eval_interval=10', '--out_dir=ar', '--causal=True')
