@@ -2050,7 +2050,6 @@ def test_gpt2_judge_path_end_to_end_with_a_tiny_local_gpt2(tiny_run):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_a_judge_on_compact_gpt2_ids_scores_a_model_with_the_full_vocabulary(tmp_path):
     """The judge re-encodes the decoded text, so an AR judge trained on a compact vocabulary scores the samples of a
     model with GPT-2's full one (the same stories): the row is written with every sample scored. A character judge
@@ -2077,6 +2076,7 @@ def test_a_judge_on_compact_gpt2_ids_scores_a_model_with_the_full_vocabulary(tmp
     assert row['scored'] == 2 and 1 < row['gen_ppl'] < 10 * judge_vocab, row  # a judge of two iterations: near uniform
 
 
+@pytest.mark.slow
 def test_sample_eval_with_our_own_ar_judge(tiny_run):
     tmp_path = tiny_run[0]
     train(tmp_path, '--max_iters=10', '--eval_interval=10', '--out_dir=ar', '--causal=True')
