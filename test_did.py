@@ -1268,13 +1268,18 @@ def log(folder):
 # -----------------------------------------------------------------------------
 # prepare_owt.py
 
-@pytest.mark.slow
-def test_prepare_roundtrips_gpt2_with_eot_between_documents(tmp_path):
+def gpt2_encoding():
+    """tiktoken's GPT-2 encoding, or skip the test: no tiktoken, or no network and no ../shared BPE files."""
     tiktoken = pytest.importorskip('tiktoken')
     try:
-        enc = tiktoken.get_encoding('gpt2')
-    except Exception as e:  # no network and no ../shared BPE files
+        return tiktoken.get_encoding('gpt2')
+    except Exception as e:
         pytest.skip(f'GPT-2 BPE files unavailable offline: {e}')
+
+
+@pytest.mark.slow
+def test_prepare_roundtrips_gpt2_with_eot_between_documents(tmp_path):
+    enc = gpt2_encoding()
     docs = ["Hello world, this is the first document.\nIt has two lines.", "Second: émigré naïve 🚀 text.",
             "Third one, from jsonl."]
     (tmp_path / 'a.txt').write_text(docs[0], encoding='utf-8')
@@ -1295,11 +1300,7 @@ def test_prepare_roundtrips_gpt2_with_eot_between_documents(tmp_path):
 def test_prepare_tinystories_layout_and_the_compact_vocabulary_round_trip(tmp_path):
     """A file in TinyStories' layout (stories separated by <|endoftext|> lines) becomes one document per story, each
     preceded by EOS; --compact keeps the ids the text uses, and decoding through the map is GPT-2's decode."""
-    tiktoken = pytest.importorskip('tiktoken')
-    try:
-        enc = tiktoken.get_encoding('gpt2')
-    except Exception as e:
-        pytest.skip(f'GPT-2 BPE files unavailable offline: {e}')
+    enc = gpt2_encoding()
     from load import Tokenizer
     stories = ['Once upon a time, there was a cat named Tom.\nTom liked milk.', 'Lily saw a big "red" ball. She was happy!',
                'The end.', 'Ben and Sue went to the park. They played all day, and then they went home.']
@@ -2054,11 +2055,7 @@ def test_a_judge_on_compact_gpt2_ids_scores_a_model_with_the_full_vocabulary(tmp
     """The judge re-encodes the decoded text, so an AR judge trained on a compact vocabulary scores the samples of a
     model with GPT-2's full one (the same stories): the row is written with every sample scored. A character judge
     of another character set is still refused (the bad-input table: 'reads other tokens')."""
-    tiktoken = pytest.importorskip('tiktoken')
-    try:
-        tiktoken.get_encoding('gpt2')
-    except Exception as e:
-        pytest.skip(f'GPT-2 BPE files unavailable offline: {e}')
+    gpt2_encoding()
     names = ['Tim', 'Lily', 'Ben', 'Sue']
     (tmp_path / 'ts.txt').write_text(''.join(f"Once upon a time, {names[i % 4]} saw a cat. The cat was happy.\n<|endoftext|>\n"
                                              for i in range(400)), encoding='utf-8')
@@ -2117,11 +2114,7 @@ def test_readme_quick_start_works_word_for_word(tmp_path):
     """A new user's commands, copied from the README's quick start into a fresh copy of the repository: the
     download is stood in for by a copy of TinyStories put where prepare_owt.py keeps it (no network here; our
     copy from ../shared, or made-up stories in its layout), and training is cut to 2 iterations."""
-    tiktoken = pytest.importorskip('tiktoken')
-    try:
-        tiktoken.get_encoding('gpt2')
-    except Exception as e:
-        pytest.skip(f'GPT-2 BPE files unavailable offline: {e}')
+    gpt2_encoding()
     for f in os.listdir(ROOT):
         if f.endswith('.py') or f == 'config':
             (shutil.copytree if f == 'config' else shutil.copy)(os.path.join(ROOT, f), tmp_path / f)
