@@ -341,7 +341,7 @@ nelbos = {folder: evaluate(folder, f'--eval_block_sizes=[4, {seq_len}]')
           for folder in dict.fromkeys(f for ms in models.values() for f in ms.values())}
 judge_nelbo = evaluate(judge)['val/nelbo_B0']
 os.makedirs(os.path.join(out_dir, 'rows'), exist_ok=True)
-rows = []
+rows, row_seconds = [], {}  # row_seconds: by row file, so a row that serves two seeds (the AR row) counts once
 for k, (seed, role, label, stages, remask, order, T) in enumerate(plan, len(arms) + 1):
     folder = models[seed][role]
     args = [f'--out_dir={folder}', f'--num_samples={num_samples}', f'--batch_size={num_samples}', f'--stages={stages}',
@@ -360,6 +360,7 @@ for k, (seed, role, label, stages, remask, order, T) in enumerate(plan, len(arms
     r = json.load(open(cache))
     r.update(seed=seed, model=role, label=label, folder=folder, order=order, temperature=T, remask=remask)
     rows.append(r)
+    row_seconds[cache] = r.get('seconds', 0.0)
     print(f"  seed {seed} {role:9} {label:44} Gen PPL {r['gen_ppl']:7.2f} ± {r['gen_ppl_sem']:.2f}, entropy "
           f"{r['entropy']:.3f}, real words {r['real_word_rate']:.3f}", flush=True)
 
@@ -468,7 +469,7 @@ json.dump(dict(settings=settings, models=models, nelbo=nelbos, judge_nelbo=judge
           open(results[0], 'w'), indent=1)
 with open(results[1], 'w') as f:
     unit = 'char' if tokenizer == 'char' else 'token'
-    made = (sum(times.values()) + sum(r['seconds'] for r in rows if 'seconds' in r)) / 60  # reused steps count too
+    made = (sum(times.values()) + sum(row_seconds.values())) / 60  # reused steps count too, shared ones once
     f.write(f"Settings: {json.dumps(settings)}\n\nAR judge: val NELBO {judge_nelbo:.4f} nats/{unit}. "
             f"This run of the command: {(time.time() - t_start) / 60:.0f} minutes; training every model and sampling "
             f"every row here took {made:.0f} minutes, whichever run made them (evaluations not counted).\n\n")

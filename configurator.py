@@ -127,6 +127,11 @@ def fail(msg):
     sys.exit(f"error: {msg}")
 
 
+def print_line(line):
+    """child()'s echo for a caller that shows its child's output as it comes."""
+    print(line, end='', flush=True)
+
+
 def child(cmd, log=None, echo=None, name=None, **kw):
     """Run one of our scripts (cmd: argv; name: what to call it in an error), all of its output into the file log (if
     given) and each line to echo (if given). A failure stops the caller with the child's own error line (fail()'s

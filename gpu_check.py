@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from configurator import child, configure, fail
+from configurator import child, configure, fail, print_line
 
 # -----------------------------------------------------------------------------
 smoke = False                   # a toy shape on any device (seconds): checks the script, measures nothing
@@ -54,7 +54,7 @@ results = dict(device=torch.cuda.get_device_name() if cuda else 'cpu', torch=tor
 
 def run(cmd, cwd=here):
     print('$ ' + ' '.join(cmd[1:]), flush=True)
-    child(cmd, echo=lambda line: print(line, end='', flush=True), cwd=cwd)  # its output as it comes; its error as JSON
+    child(cmd, echo=print_line, cwd=cwd)  # its output as it comes; its error as JSON
 
 
 # 1. the benchmark

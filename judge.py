@@ -163,7 +163,7 @@ class Judge:
             except OSError as e:
                 raise ValueError(f"cannot load the judge {name} ({str(e).splitlines()[0][:150]}): it needs a "
                                  f"network the first time, or pass a local folder or --judge=path/to/ar_ckpt.pt")
-            self.eos, self.ctx_len, self.meta = self.tok.eos_token_id, self.model.config.n_positions, None
+            self.eos, self.ctx_len, self.meta, self.vocab = self.tok.eos_token_id, self.model.config.n_positions, None, None
             self.encode = lambda text: self.tok(text, add_special_tokens=False)['input_ids']
             self.logits = lambda ids: self.model(ids[None].to(device)).logits[0]
         else:
@@ -171,7 +171,8 @@ class Judge:
             if not ckpt['config'].get('causal'):
                 raise ValueError(f"judge {name} is not a causal model: train one with train.py --causal=True")
             self.model = ema_model(ckpt, device)
-            tok, self.meta = Tokenizer(ckpt['meta']), ckpt['meta']
+            tok = self.vocab = Tokenizer(ckpt['meta'])
+            self.meta = ckpt['meta']
             self.eos, self.ctx_len = tok.eot, self.model.config.seq_len
             self.encode = lambda text: tok.encode(text, strict=False)  # a sample's rare re-tokenization: bytes
             self.logits = lambda ids: self.model.logits(self.model.hidden(
@@ -187,6 +188,10 @@ class Judge:
 
     def ids(self, texts, max_len):
         return [self.encode(clean_up_tokenization(t) if self.hf else t)[:max_len] for t in texts]
+
+    def unknown(self, texts):
+        """How many GPT-2 tokens of texts this judge's vocabulary lacks (a compact one judging a model with more)."""
+        return sum(self.vocab.unknown(t) for t in texts) if self.vocab else 0
 
     @torch.no_grad()
     def coherence(self, texts, max_len):

@@ -186,6 +186,13 @@ class Tokenizer:
                 out += [self.ours[b] for b in single if b in self.ours]
         return out
 
+    def unknown(self, text):
+        """How many GPT-2 tokens of text a compact vocabulary lacks (encode(strict=False) spells them in bytes or
+        leaves them out): 0 for the full vocabulary and for characters (a character judge must share the set)."""
+        if self.ids is None:
+            return 0
+        return sum(g not in self.ours for p in text.split('<|endoftext|>') for g in self.enc.encode_ordinary(p))
+
     def decode(self, ids):
         if self.kind == 'gpt2':
             return self.enc.decode([self.ids[i] for i in ids] if self.ids is not None else list(ids))

@@ -208,8 +208,8 @@ def check_outputs(meta):
             raise ValueError(f"--words_from={words_from} is not a readable UTF-8 text file ({type(e).__name__}): give the training text")
     if eval:
         jd = Judge(judge_path, device)
-        gpt2 = jd.hf or jd.meta['tokenizer'] == meta['tokenizer'] == 'gpt2'  # it re-encodes our text, whatever the ids' map
-        if not gpt2 and jd.meta != meta:
+        reencodes = jd.hf or jd.meta['tokenizer'] == meta['tokenizer'] == 'gpt2'  # it re-encodes our text, whatever the ids' map
+        if not reencodes and jd.meta != meta:
             raise ValueError(f"the judge {judge_path} reads other tokens ({jd.meta['tokenizer']}, {jd.meta['vocab_size']}) than "
                              f"{ckpt_path} writes ({meta['tokenizer']}, {meta['vocab_size']}): use a judge trained on the same data")
     return vocab, jd
@@ -410,13 +410,16 @@ if eval:  # BD3-LM's protocol: decode, re-encode with the judge's tokenizer, sco
           f"{mean:.2f} ± {sem:.2f} | {weighted:.2f} | {ent:.3f} | {rwr:.3f} | {mi:.3f} | {share:.3f} | {nfe:.1f} | {tf:,.0f} | {dt:.1f} |")
     if n_ok < num_samples:
         print(f"{num_samples - n_ok} samples had no token to score (all EOS) and are left out of the mean, as in BD3-LM")
+    unknown = jd.unknown([s['text'] for s in samples])
+    if unknown:  # a compact judge scoring a model with a larger vocabulary
+        print(f"{unknown} GPT-2 tokens of the samples are not in the judge's vocabulary: it scored them spelled in bytes, or not at all")
     if eval_out:
         row = dict(stages=stages, stages_run=run_stages, remask=remask, nucleus=nucleus, temperature=temperature, gen_ppl=mean, gen_ppl_std=std,
                    gen_ppl_sem=sem, gen_ppl_weighted=weighted, gen_ppls=per, entropy=ent, entropies=ents, real_word_rate=rwr,
                    real_word_rates=rates, mi=mi, mis=mis, name_share=share, name_shares=shares, forwards=nfe, token_forwards=tf,
                    seconds=dt, judge=judge, num_samples=num_samples, scored=n_ok, min_entropy=min_entropy, seed=seed, top_p=top_p,
                    checkpoint=os.path.abspath(ckpt_path), iter_num=checkpoint['iter_num'],
-                   redrawn=sum(s.get('redraws', 0) > 0 for s in samples))
+                   redrawn=sum(s.get('redraws', 0) > 0 for s in samples), unknown_tokens=unknown)
         json.dump(row, open(eval_out + '.tmp', 'w'))
         os.replace(eval_out + '.tmp', eval_out)  # whole, or not at all
         print(f"wrote {eval_out}")

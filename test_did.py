@@ -1320,6 +1320,7 @@ def test_prepare_tinystories_layout_and_the_compact_vocabulary_round_trip(tmp_pa
     with pytest.raises(ValueError, match=r"the word ' zo' \(GPT-2 token 40565\) is not in this model's vocabulary"):
         tok.encode('Tom liked zoology')  # not a word of the four stories: named in one line
     assert tok.decode(tok.encode('Tom liked zoology', strict=False)).startswith('Tom liked')  # the judge's: bytes, or left out
+    assert tok.unknown('Tom liked zoology<|endoftext|>Tom') == 2 and tok.unknown(text) == 0  # ' zo', 'ology': what sample.py counts
     ds = run_here([sys.executable, os.path.join(ROOT, 'prepare_owt.py'), '--input=ts.txt', '--dataset=tinystories',
                      '--out_dir=o2'], cwd=tmp_path)
     assert ds.returncode == 1 and 'give one' in ds.stderr and not (tmp_path / 'o2').exists()
@@ -2053,7 +2054,8 @@ def test_gpt2_judge_path_end_to_end_with_a_tiny_local_gpt2(tiny_run):
 @pytest.mark.slow
 def test_a_judge_on_compact_gpt2_ids_scores_a_model_with_the_full_vocabulary(tmp_path):
     """The judge re-encodes the decoded text, so an AR judge trained on a compact vocabulary scores the samples of a
-    model with GPT-2's full one (the same stories): the row is written with every sample scored. A character judge
+    model with GPT-2's full one (the same stories): the row is written with every sample scored, and counts the
+    samples' tokens the judge lacks (which it scores spelled in bytes, or not at all). A character judge
     of another character set is still refused (the bad-input table: 'reads other tokens')."""
     gpt2_encoding()
     names = ['Tim', 'Lily', 'Ben', 'Sue']
@@ -2066,11 +2068,15 @@ def test_a_judge_on_compact_gpt2_ids_scores_a_model_with_the_full_vocabulary(tmp
     train(tmp_path, '--dataset=full', '--out_dir=m', '--max_iters=40', '--eval_interval=40', '--n_layer=1', '--n_embd=16',
           '--learning_rate=1e-2')  # learns to write the stories' ids alone
     p = run_here([sys.executable, os.path.join(ROOT, 'sample.py'), '--out_dir=m', '--num_samples=2', '--batch_size=2',
-                  '--stages=4:1.0', '--eval', '--judge=judge/ckpt.pt', '--eval_out=row.json'], cwd=tmp_path)
+                  '--stages=4:1.0', '--eval', '--judge=judge/ckpt.pt', '--eval_out=row.json', '--out=s.jsonl'], cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     row = json.load(open(tmp_path / 'row.json'))
-    judge_vocab = json.load(open(tmp_path / 'data' / 'compact' / 'meta.json'))['vocab_size']
-    assert row['scored'] == 2 and 1 < row['gen_ppl'] < 10 * judge_vocab, row  # a judge of two iterations: near uniform
+    judge_ids = set(json.load(open(tmp_path / 'data' / 'compact' / 'meta.json'))['ids'])
+    assert row['scored'] == 2 and 1 < row['gen_ppl'] < 10 * len(judge_ids), row  # a judge of two iterations: near uniform
+    texts = [json.loads(line)['text'] for line in open(tmp_path / 's.jsonl')]  # the ids the judge lacks, counted
+    enc = gpt2_encoding()
+    gpt2 = [g for t in texts for part in t.split('<|endoftext|>') for g in enc.encode_ordinary(part)]
+    assert row['unknown_tokens'] == sum(g not in judge_ids for g in gpt2) > 0, row  # 40 iterations: a stray id or two
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import sys
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, '..'))
-from configurator import child, configure, fail  # noqa: E402
+from configurator import child, configure, fail, print_line  # noqa: E402
 
 # -----------------------------------------------------------------------------
 datasets = {'full': 'tinystories_full_vocab', 'compact': 'tinystories'}  # data/<name>, prepared as above
@@ -40,7 +40,7 @@ for kind, name in datasets.items():
     print(f"training on data/{name} ({kind} vocabulary) for {max_iters} iterations", flush=True)
     child([sys.executable, os.path.join(here, '..', 'train.py'), os.path.join(here, '..', 'config', 'train_tinystories.py'),
            f'--dataset={name}', f'--out_dir={out_dir}', f'--max_iters={max_iters}', f'--eval_interval={eval_interval}',
-           *(['--overwrite=True'] if overwrite else [])], echo=lambda line: print(line, end='', flush=True))
+           *(['--overwrite=True'] if overwrite else [])], echo=print_line)
     evals = [e for e in map(json.loads, open(os.path.join(out_dir, 'log.jsonl'))) if 'seconds' in e]  # its evaluations
     meta = json.load(open(os.path.join('data', name, 'meta.json')))
     runs[kind] = dict(dataset=name, vocab_size=meta['vocab_size'], evals=evals[-(max_iters // eval_interval):])
