@@ -15,7 +15,8 @@ Each model samples the protocol's rows: 48 stories from <|endoftext|> with its s
 top-p 0.9, its sample seeds, its judge), the draft alone and the draft + the paper's exact snapshot refine at its
 gamma (and with --remasks, the refine that remasks by a posthoc score or at random: the paper's ablation), over the
 temperatures; each row is sample.py's --eval row, kept in out_dir/quickstart/ORDER/ (a row already
-there from the same checkpoint and settings is reused). Every (model, stage) is read off at real text's entropy as
+there from the same checkpoint and settings is reused; a model whose checkpoint is not here, as in a clone of ours,
+is read from its rows there alone). Every (model, stage) is read off at real text's entropy as
 ablate.py reads its samplers (log Gen PPL interpolated between the two temperatures that bracket it; the halves MI
 and the share of names kept interpolated as they are), with one bootstrap over the sample seeds for all rows, so the
 differences between models, between a model's refines and its draft, and between its snapshot refine and the others
@@ -56,13 +57,10 @@ def check_settings():
           and len(set(remasks)) == len(remasks),
           f"--remasks={remasks}: name some of snapshot, posthoc, random, each once")
     check(models, "--models is empty: name at least one run, e.g. --models=\"{'quickstart': 'out-tinystories'}\"")
-    for name, d in models.items():
-        check(os.path.exists(os.path.join(d, 'ckpt.pt')), f"--models: {d}/ckpt.pt ({name}) not found: train it with python train.py first")
     check(os.path.exists(results), f"{results} not found: run python ablate.py config/ablate_tinystories.py --out_dir={out_dir} first")
     R = json.load(open(results))
     check('spliced_text' in R and R['rows'], f"{results} has no token protocol's rows: use ablate.py's out_dir on TinyStories tokens")
     judge = os.path.join(out_dir, os.path.dirname(R['rows'][0]['judge']))
-    check(os.path.isdir(judge), f"{judge}, the protocol's judge, is not in {out_dir}: rerun ablate.py there to train it")
     check(overwrite or not os.path.exists(os.path.join(out_dir, 'quickstart', order, 'compare.json')),
           f"{out_dir}/quickstart/{order}/compare.json exists: pass --overwrite=True to remake it")
     return R, judge
@@ -74,25 +72,42 @@ stages = {'draft': '4:1.0'}  # the protocol's draft, and draft + the paper's ref
 stages.update({'refine' + ('' if r == 'snapshot' else f'_{r}'): f"4:1.0,L:{S['gamma']}" for r in remasks})
 remask_of = lambda stage: stage.removeprefix('refine_') if stage.startswith('refine_') else 'snapshot'
 rows_dir = os.path.join(out_dir, 'quickstart', order)
+
+
+def row_path(name, stage, T):
+    return os.path.join(rows_dir, f'{name}_{stage}_T{T:g}.json')
+
+
+iters = {}  # each model's iteration: a row from an earlier state of the same run is not reused
+for name, d in models.items():  # a model without its checkpoint is read from its rows alone (ours, in a clone): all must be here
+    ckpt = os.path.join(d, 'ckpt.pt')
+    iters[name] = torch.load(ckpt, map_location='cpu', mmap=True, weights_only=False)['iter_num'] if os.path.exists(ckpt) else None
+    missing = [p for p in (row_path(name, s, T) for s in stages for T in temperatures) if not os.path.exists(p)]
+    if iters[name] is None and missing:
+        fail(f"--models: {ckpt} ({name}) not found, and no row {missing[0]} to read: train it with python train.py first")
+    if missing and not os.path.isdir(judge):  # (a row to remake finds this out in row())
+        fail(f"{judge}, the protocol's judge, is not in {out_dir}: rerun ablate.py there to train it")
 os.makedirs(rows_dir, exist_ok=True)
-iters = {name: torch.load(os.path.join(d, 'ckpt.pt'), map_location='cpu', mmap=True, weights_only=False)['iter_num']
-         for name, d in models.items()}  # a row from an earlier state of the same run is not reused
 
 
 def row(name, stage, T):
     """sample.py's --eval row for one model, stage and temperature; reused when one from this checkpoint, with these
-    settings, is there already."""
-    path = os.path.join(rows_dir, f'{name}_{stage}_T{T:g}.json')
-    want = dict(stages=stages[stage], remask=remask_of(stage), temperature=T, num_samples=S['num_samples'], seed=S['sample_seed'],
-                checkpoint=os.path.abspath(os.path.join(models[name], 'ckpt.pt')), iter_num=iters[name])
+    settings, is there already (from any checkpoint where the model's is not here)."""
+    path = row_path(name, stage, T)
+    want = dict(stages=stages[stage], remask=remask_of(stage), temperature=T, num_samples=S['num_samples'], seed=S['sample_seed'])
+    if iters[name] is not None:
+        want.update(checkpoint=os.path.abspath(os.path.join(models[name], 'ckpt.pt')), iter_num=iters[name])
     if os.path.exists(path):
         r = json.load(open(path))
         same_order = all(f':order={order}:' in f'{st}:' for st in r.get('stages_run', '').split(','))
         same_judge = os.path.realpath(r['judge'].removesuffix('/ckpt.pt')) == os.path.realpath(judge)
         if {k: r.get(k) for k in want} == want and same_order and same_judge:
             return r
-        if not overwrite:
-            fail(f"{path} holds a row from another checkpoint or settings: pass --overwrite=True to remake it")
+        if not overwrite or iters[name] is None:
+            fail(f"{path} holds a row from another checkpoint or settings: pass --overwrite=True to remake it"
+                 + (f" (from {models[name]}/ckpt.pt, not found)" if iters[name] is None else ""))
+    if not os.path.isdir(judge):
+        fail(f"{judge}, the protocol's judge, is not in {out_dir}: rerun ablate.py there to train it")
     print(f"sampling {name} {stage} T={T:g} ({S['num_samples']} samples: {'under a minute' if stage == 'draft' else 'about two minutes'} on a 2-core CPU)", flush=True)
     cmd = [sys.executable, os.path.join(here, '..', 'sample.py'), f'--out_dir={models[name]}', f'--stages={stages[stage]}',
            f"--num_samples={S['num_samples']}", f"--batch_size={S['num_samples']}", f'--order={order}', f'--remask={remask_of(stage)}',

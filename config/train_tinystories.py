@@ -1,4 +1,4 @@
-# the quick start: a small DiD on TinyStories as GPT-2 tokens (compact vocabulary), about 26 minutes on a 2-core CPU
+# the quick start: a small DiD on TinyStories as GPT-2 tokens (compact vocabulary), 18-29 minutes on a 2-core CPU
 # $ python prepare_owt.py --dataset=tinystories-valid --compact --out_dir=data/tinystories
 # $ python train.py config/train_tinystories.py
 # $ python sample.py --out_dir=out-tinystories --num_samples=3 --show
@@ -22,7 +22,7 @@ learning_rate = 2e-3            # a small model trained briefly tolerates a high
 beta2 = 0.95                    # nanoGPT's; BD3-LM's 0.999 at this lr sits longer on the early plateau (docs/log.md)
 warmup_iters = 100
 decay_lr = True                 # cosine to lr / 10
-max_iters = 1000                # about 26 minutes at 1.5-1.6 s per iteration on 2 cores
+max_iters = 1000                # 18 minutes at 1.1 s per iteration on 2 cores (1.5-1.7 s on slower days)
 ema_decay = 0.999
 device = 'cpu'
 compile = False

@@ -21,6 +21,7 @@ noise_clip = {4: (0.5, 1.0)}
 eval_block_sizes = [4, 256]
 dropout = 0.0
 learning_rate = 6e-4            # nanoGPT's GPT-2 small rate
+beta2 = 0.95                    # nanoGPT's, as the quick start's
 warmup_iters = 500
 decay_lr = True                 # cosine to lr / 10
 max_iters = 15000               # ~490M tokens: about one epoch of TinyStories' training split
