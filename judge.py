@@ -190,7 +190,7 @@ class Judge:
         return [self.encode(clean_up_tokenization(t) if self.hf else t)[:max_len] for t in texts]
 
     def unknown(self, texts):
-        """How many GPT-2 tokens of texts this judge's vocabulary lacks (a compact one judging a model with more)."""
+        """How many GPT-2 tokens of texts this judge's vocabulary lacks (a compact one; 0 for the others)."""
         return sum(self.vocab.unknown(t) for t in texts) if self.vocab else 0
 
     @torch.no_grad()

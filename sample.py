@@ -411,7 +411,7 @@ if eval:  # BD3-LM's protocol: decode, re-encode with the judge's tokenizer, sco
     if n_ok < num_samples:
         print(f"{num_samples - n_ok} samples had no token to score (all EOS) and are left out of the mean, as in BD3-LM")
     unknown = jd.unknown([s['text'] for s in samples])
-    if unknown:  # a compact judge scoring a model with a larger vocabulary
+    if unknown:  # a compact judge: ids its text never had (a model with more, or the decoded text re-encoded otherwise)
         print(f"{unknown} GPT-2 tokens of the samples are not in the judge's vocabulary: it scored them spelled in bytes, or not at all")
     if eval_out:
         row = dict(stages=stages, stages_run=run_stages, remask=remask, nucleus=nucleus, temperature=temperature, gen_ppl=mean, gen_ppl_std=std,

@@ -879,6 +879,10 @@ def test_quickstart_compare_reads_each_model_at_real_texts_entropy(tmp_path):
     os.remove(abl / 'quickstart' / 'random' / 'old_refine_T1.json')  # ... and none missing
     p = run_here(cmd, tmp_path)
     assert p.returncode == 1 and 'old/ckpt.pt (old) not found, and no row' in p.stderr and 'old_refine_T1.json' in p.stderr, p.stderr
+    rows('old', (20.0, 80.0), (0.0, 0.02), order='confidence')  # rows from other settings, and no checkpoint to remake them
+    os.remove(tmp_path / 'old' / 'ckpt.pt')
+    p = run_here(cmd + ['--overwrite=True'], tmp_path)
+    assert p.returncode == 1 and 'old/ckpt.pt (old) is not here to remake it' in p.stderr and 'sampling' not in p.stdout, p.stderr
     for kw in (dict(iter_num=8), dict(order='confidence')):  # retrained, or sampled in another order than its folder's
         rows('old', (20.0, 80.0), (0.0, 0.02), **kw)
         p = run_here(cmd, tmp_path)
@@ -2063,7 +2067,7 @@ def test_a_judge_on_compact_gpt2_ids_scores_a_model_with_the_full_vocabulary(tmp
     model with GPT-2's full one (the same stories): the row is written with every sample scored, and counts the
     samples' tokens the judge lacks (which it scores spelled in bytes, or not at all). A character judge
     of another character set is still refused (the bad-input table: 'reads other tokens')."""
-    gpt2_encoding()
+    enc = gpt2_encoding()
     names = ['Tim', 'Lily', 'Ben', 'Sue']
     (tmp_path / 'ts.txt').write_text(''.join(f"Once upon a time, {names[i % 4]} saw a cat. The cat was happy.\n<|endoftext|>\n"
                                              for i in range(400)), encoding='utf-8')
@@ -2080,7 +2084,6 @@ def test_a_judge_on_compact_gpt2_ids_scores_a_model_with_the_full_vocabulary(tmp
     judge_ids = set(json.load(open(tmp_path / 'data' / 'compact' / 'meta.json'))['ids'])
     assert row['scored'] == 2 and 1 < row['gen_ppl'] < 10 * len(judge_ids), row  # a judge of two iterations: near uniform
     texts = [json.loads(line)['text'] for line in open(tmp_path / 's.jsonl')]  # the ids the judge lacks, counted
-    enc = gpt2_encoding()
     gpt2 = [g for t in texts for part in t.split('<|endoftext|>') for g in enc.encode_ordinary(part)]
     assert row['unknown_tokens'] == sum(g not in judge_ids for g in gpt2) > 0, row  # 40 iterations: a stray id or two
 

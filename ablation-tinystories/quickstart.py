@@ -78,6 +78,11 @@ def row_path(name, stage, T):
     return os.path.join(rows_dir, f'{name}_{stage}_T{T:g}.json')
 
 
+def need_judge():  # before a row is sampled
+    if not os.path.isdir(judge):
+        fail(f"{judge}, the protocol's judge, is not in {out_dir}: rerun ablate.py there to train it")
+
+
 iters = {}  # each model's iteration: a row from an earlier state of the same run is not reused
 for name, d in models.items():  # a model without its checkpoint is read from its rows alone (ours, in a clone): all must be here
     ckpt = os.path.join(d, 'ckpt.pt')
@@ -85,8 +90,8 @@ for name, d in models.items():  # a model without its checkpoint is read from it
     missing = [p for p in (row_path(name, s, T) for s in stages for T in temperatures) if not os.path.exists(p)]
     if iters[name] is None and missing:
         fail(f"--models: {ckpt} ({name}) not found, and no row {missing[0]} to read: train it with python train.py first")
-    if missing and not os.path.isdir(judge):  # (a row to remake finds this out in row())
-        fail(f"{judge}, the protocol's judge, is not in {out_dir}: rerun ablate.py there to train it")
+    if missing:  # (a row to remake asks again in row())
+        need_judge()
 os.makedirs(rows_dir, exist_ok=True)
 
 
@@ -103,11 +108,12 @@ def row(name, stage, T):
         same_judge = os.path.realpath(r['judge'].removesuffix('/ckpt.pt')) == os.path.realpath(judge)
         if {k: r.get(k) for k in want} == want and same_order and same_judge:
             return r
-        if not overwrite or iters[name] is None:
-            fail(f"{path} holds a row from another checkpoint or settings: pass --overwrite=True to remake it"
-                 + (f" (from {models[name]}/ckpt.pt, not found)" if iters[name] is None else ""))
-    if not os.path.isdir(judge):
-        fail(f"{judge}, the protocol's judge, is not in {out_dir}: rerun ablate.py there to train it")
+        if iters[name] is None:
+            fail(f"{path} holds a row from other settings, and {models[name]}/ckpt.pt ({name}) is not here to remake "
+                 f"it: train it with python train.py first")
+        if not overwrite:
+            fail(f"{path} holds a row from another checkpoint or settings: pass --overwrite=True to remake it")
+    need_judge()
     print(f"sampling {name} {stage} T={T:g} ({S['num_samples']} samples: {'under a minute' if stage == 'draft' else 'about two minutes'} on a 2-core CPU)", flush=True)
     cmd = [sys.executable, os.path.join(here, '..', 'sample.py'), f'--out_dir={models[name]}', f'--stages={stages[stage]}',
            f"--num_samples={S['num_samples']}", f"--batch_size={S['num_samples']}", f'--order={order}', f'--remask={remask_of(stage)}',
