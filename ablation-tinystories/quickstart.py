@@ -90,6 +90,8 @@ for name, d in models.items():  # a model without its checkpoint is read from it
     missing = [p for p in (row_path(name, s, T) for s in stages for T in temperatures) if not os.path.exists(p)]
     if iters[name] is None and missing:
         fail(f"--models: {ckpt} ({name}) not found, and no row {missing[0]} to read: train it with python train.py first")
+    if iters[name] is None:  # said, so that a mistyped out_dir is not taken for the user's own model
+        print(f"{name}: {ckpt} not found: reading its rows in {rows_dir} as they are, from whichever checkpoint made them", flush=True)
     if missing:  # (a row to remake asks again in row())
         need_judge()
 os.makedirs(rows_dir, exist_ok=True)
