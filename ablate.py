@@ -8,7 +8,7 @@ $ python ablate.py --out_dir=ablation --overwrite=True           # remake the co
 
 As in the paper, nobody trains DiD from scratch, and the budgets keep the paper's proportions:
   1. pretrain one global model (block size L: MDLM) for P = 5.7 F iterations (BD3-LM's public 850K-step pretrain;
-     --pretrain_mix > 0 mixes block 4 in, where a global-only pretrain cannot learn within the budget);
+     --pretrain_mix > 0 mixes block 4 in; on tokens the global pretrain learns in the budget with --beta2=0.95);
   2. from it, for each seed, fine-tune the baseline (BD3-LM: block 4 only) for F iterations (BD3-LM: 150K steps),
      DiD (mix-scale blocks) for 0.26 F (the paper's 26%), and a block-4-only model for 0.26 F (the paper's "small
      blocks only" arm: mix-scale's role at DiD's budget); for the first seed also DiD for F (an equal budget);
@@ -58,6 +58,7 @@ n_embd = 128
 dropout = 0.1                   # residual dropout in every run (BD3-LM's 0.1): the pretrain then transfers to B=4 (val NELBO 2.21 against 2.47; ablation/README.md)
 batch_size = 8                  # batch 8 at lr 3e-3 learned the most per CPU-second (ablation/README.md)
 learning_rate = 3e-3            # every run; the Gutenberg books need 1e-3 (at 3e-3 the pretrain sat on a plateau near 3 nats/char)
+beta2 = 0.999                   # AdamW's beta2 in the diffusion runs (BD3-LM's); the AR row and the judge keep 0.999
 warmup_iters = 100              # the pretrain's; a fine-tune warms up for BD3-LM's 2500 steps scaled as its budget is, 2500 F / 150K
 decay_lr = True                 # cosine to lr / 10 in every run (each fine-tune warms up again from its fresh optimizer)
 ema_decay = 0.999
@@ -65,7 +66,7 @@ finetune_iters = 600            # F, the baseline's fine-tuning budget (BD3-LM: 
 pretrain_iters = None           # P; None: round(5.7 F), BD3-LM's 850K pretraining steps to its 150K fine-tuning steps
 budget_frac = 0.26              # DiD's share of F, and the block-4-only arm's (the paper: 26%)
 block_mix = 0.9                 # DiD's probability of block 4; the rest goes to the whole sequence (paper: lambda = 0.1)
-pretrain_mix = 0.0              # the pretrain's probability of block 4 (0: global only, the paper's MDLM pretrain; ablation-tinystories/README.md)
+pretrain_mix = 0.0              # the pretrain's probability of block 4 (0: global only, the paper's MDLM pretrain)
 judge_iters = 2000              # the AR judge
 num_samples = 64                # samples per table row (the same sample seeds in every row)
 eval_iters = 64                 # validation batches for each model's NELBO table
@@ -104,6 +105,7 @@ def check_settings():
     check(seq_len % 4 == 0 and seq_len > 4, f"--seq_len={seq_len} must be a multiple of 4 (the drafting block) above 4")
     check(n_embd % n_head == 0 and (n_embd // n_head) % 2 == 0, f"--n_embd={n_embd} must split into --n_head={n_head} heads of an even size")
     check(isinstance(learning_rate, (int, float)) and learning_rate > 0, f"--learning_rate={learning_rate} must be positive")
+    check(isinstance(beta2, float) and 0 < beta2 < 1, f"--beta2={beta2} must lie strictly between 0 and 1")
     check(isinstance(warmup_iters, int) and warmup_iters >= 0, f"--warmup_iters={warmup_iters} must be an integer >= 0")
     check(0 <= ema_decay < 1 and 0 <= dropout < 1, f"--ema_decay={ema_decay} and --dropout={dropout} must lie in [0, 1)")
     check(isinstance(num_samples, int) and num_samples >= 4, f"--num_samples={num_samples} must be an integer >= 4 (standard errors, "
@@ -253,10 +255,10 @@ def arm(role, seed, iters, init=None, **kw):
 
 ft_warmup = max(1, round(2500 / 150_000 * finetune_iters))
 models = {}
-pre = arm('pretrain', seeds[0], P, block_mix={seq_len: 1.0} if not pretrain_mix else  # one pretrain, as the paper starts from one
-          {4: pretrain_mix, seq_len: round(1 - pretrain_mix, 6)})                      # public model
+pre = arm('pretrain', seeds[0], P, beta2=beta2, block_mix={seq_len: 1.0} if not pretrain_mix else  # one pretrain, as the
+          {4: pretrain_mix, seq_len: round(1 - pretrain_mix, 6)})                                   # paper starts from one public model
 for i, seed in enumerate(seeds):
-    ft = dict(warmup_iters=ft_warmup)
+    ft = dict(warmup_iters=ft_warmup, beta2=beta2)
     models[seed] = dict(pretrain=pre, baseline=arm('baseline', seed, finetune_iters, pre, block_mix={4: 1.0}, **ft),
                         did=arm('did', seed, small_iters, pre, block_mix=mix, **ft),
                         small=arm('small', seed, small_iters, pre, block_mix={4: 1.0}, **ft))
@@ -459,8 +461,8 @@ paired(find(s0, 'baseline', 'draft + refine, random order, T=1'), find(s0, 'base
 paired(find(s0, 'did_equal', 'draft + refine, random order, T=1'), find(s0, 'did_equal', 'draft, random order, T=1'),
        'DiD equal budget: refine − draft')
 
-settings = {k: globals()[k] for k in ('tokenizer', 'orders', 'ar', 'pretrain_mix', 'seq_len', 'n_layer', 'n_head', 'n_embd', 'dropout', 'batch_size', 'learning_rate',
-                                       'warmup_iters', 'decay_lr', 'ema_decay', 'finetune_iters', 'budget_frac', 'block_mix',
+settings = {k: globals()[k] for k in ('tokenizer', 'orders', 'ar', 'pretrain_mix', 'seq_len', 'n_layer', 'n_head', 'n_embd', 'dropout',
+                                       'batch_size', 'learning_rate', 'beta2', 'warmup_iters', 'decay_lr', 'ema_decay', 'finetune_iters', 'budget_frac', 'block_mix',
                                        'judge_iters', 'num_samples', 'eval_iters', 'gamma', 'gammas', 'temperatures', 'seeds', 'sample_seed')}
 settings.update(text=[os.path.relpath(f, here) for f in files], pretrain_iters=P,
                 arms={role: it for role, _, it, *_ in arms})

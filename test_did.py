@@ -1772,7 +1772,7 @@ BAD = [  # (command, what the one line must say)
     (Bn + ['--floor=True', "--floor_models=['gpt5']"], 'floor_models'), (Bn + ['--floor=True', '--floor_blocks=0'], 'floor_blocks=0'),
     (A + ['--budget_frac=0'], 'budget_frac=0'), (A + ['--gammas=[2]'], 'remask ratios'), (A + ['--block_mix=1.5'], 'block_mix'),
     (A + ['--num_samples=1'], 'num_samples=1'), (A + ["--temperatures={'random': [1.0]}"], 'each order'),
-    (A + ['--seeds=[1, 1]'], 'distinct'), (A + ['--finetune_iters=0'], 'finetune_iters=0'),
+    (A + ['--seeds=[1, 1]'], 'distinct'), (A + ['--finetune_iters=0'], 'finetune_iters=0'), (A + ['--beta2=1.0'], 'beta2=1.0'),
     (['ablate.py', '--text=nope.txt'], 'not a text file'),
     (T + ['--block_mix={4: 1.5, 64: -0.5}', '--out_dir=n1'], 'probabilities >= 0'),
     (T + ['--block_mix={5: 1.0}', '--out_dir=n1'], 'does not divide seq_len'),
@@ -2171,8 +2171,9 @@ def test_ablate_keeps_the_papers_proportions_and_reuses_only_runs_of_the_same_se
     """By default one pretrain of 5.7 F (BD3-LM's 850K : 150K); per seed, the baseline gets F and DiD and the
     block-4-only arm 0.26 F, the first seed also an equal-budget DiD (F), all fine-tuned from that pretrain with
     BD3-LM's warmup scaled like the budgets. Every run folder is named by a hash of its settings: a rerun reuses
-    exactly the runs whose settings did not change, and trains the others; committed results are safe."""
-    out = ablate(tmp_path, '--finetune_iters=8', '--seeds=[1, 2]')
+    exactly the runs whose settings did not change, and trains the others; committed results are safe. --beta2
+    reaches the diffusion runs only (the AR judge keeps BD3-LM's 0.999)."""
+    out = ablate(tmp_path, '--finetune_iters=8', '--seeds=[1, 2]', '--beta2=0.95')
     assert out.returncode == 0, out.stdout + out.stderr
     folders = list(json.load(open(tmp_path / 'abl' / 'trained.json')))  # every run of the protocol, by folder
     stamp = {f: os.path.getmtime(tmp_path / 'abl' / f / 'seconds.json') for f in folders}
@@ -2189,12 +2190,13 @@ def test_ablate_keeps_the_papers_proportions_and_reuses_only_runs_of_the_same_se
             assert c['init_from'] == 'run:' + next(f for f in folders if f.startswith('pretrain')), role
     assert {s for r, s in cfg if r == 'did_equal'} == {1} and {s for r, s in cfg if r == 'small'} == {1, 2}
     assert cfg['judge', 1]['causal'] and 'protocol: pretrain P=46, fine-tunes F=8' in out.stdout
+    assert cfg['judge', 1]['beta2'] == 0.999 and all(c['beta2'] == 0.95 for (r, _), c in cfg.items() if r != 'judge')
     # the progress estimate counts each run's start-up (tiny runs are all start-up) and, with --train_only, no sampling
     left = [int(line.split('about ')[1].split()[0]) for line in out.stdout.splitlines() if 'min left' in line]
     assert left and max(left) <= 3, left
     # the first seed again with another F but the same 0.26 F (budget_frac 0.17 of 12 rounds to 2 again): the baseline
     # and the equal-budget DiD trained anew, the rest (the same settings; P given as a number) reused
-    second = ablate(tmp_path, '--pretrain_iters=46', '--finetune_iters=12', '--budget_frac=0.17')
+    second = ablate(tmp_path, '--pretrain_iters=46', '--finetune_iters=12', '--budget_frac=0.17', '--beta2=0.95')
     assert second.returncode == 0, second.stdout + second.stderr
     used = list(json.load(open(tmp_path / 'abl' / 'trained.json')))
     reused = [f for f in used if stamp.get(f) == os.path.getmtime(tmp_path / 'abl' / f / 'seconds.json')]
@@ -2204,7 +2206,7 @@ def test_ablate_keeps_the_papers_proportions_and_reuses_only_runs_of_the_same_se
     assert set(reused) <= set(folders) and not set(folders) & set(trained)  # nothing of other settings taken
     assert all(torch.load(tmp_path / 'abl' / f / 'ckpt.pt', weights_only=False)['config']['max_iters'] == 12 for f in trained)
     (tmp_path / 'abl' / 'results.md').write_text('committed')
-    third = ablate(tmp_path, '--pretrain_iters=46', '--finetune_iters=12', '--budget_frac=0.17')
+    third = ablate(tmp_path, '--pretrain_iters=46', '--finetune_iters=12', '--budget_frac=0.17', '--beta2=0.95')
     assert third.returncode != 0 and 'already holds results' in third.stderr
     assert (tmp_path / 'abl' / 'results.md').read_text() == 'committed'
 
