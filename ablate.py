@@ -255,8 +255,8 @@ def arm(role, seed, iters, init=None, **kw):
 
 ft_warmup = max(1, round(2500 / 150_000 * finetune_iters))
 models = {}
-pre = arm('pretrain', seeds[0], P, beta2=beta2, block_mix={seq_len: 1.0} if not pretrain_mix else  # one pretrain, as the
-          {4: pretrain_mix, seq_len: round(1 - pretrain_mix, 6)})                                   # paper starts from one public model
+pre = arm('pretrain', seeds[0], P, beta2=beta2,  # one pretrain, as the paper starts from one public model
+          block_mix={seq_len: 1.0} if not pretrain_mix else {4: pretrain_mix, seq_len: round(1 - pretrain_mix, 6)})
 for i, seed in enumerate(seeds):
     ft = dict(warmup_iters=ft_warmup, beta2=beta2)
     models[seed] = dict(pretrain=pre, baseline=arm('baseline', seed, finetune_iters, pre, block_mix={4: 1.0}, **ft),
