@@ -309,7 +309,7 @@ def row_est(stages):
 remaining = [sum(train_est(a[4]) for a in arms) + (0 if train_only else sum(row_est(r[3]) for r in plan) + 60)]
 n_steps = len(arms) + (0 if train_only else len(plan) + 1)
 print(f"protocol: pretrain P={P}, fine-tunes F={finetune_iters} (baseline, DiD equal budget) and {small_iters} (DiD, "
-      f"block-4 only), {ft_warmup} warmup; {len(seeds)} seeds; {len(plan)} sampled rows of {num_samples}; {n_steps} steps", flush=True)
+      f"block-4 only), {ft_warmup} warmup; seeds {seeds}; {len(plan)} sampled rows of {num_samples}; {n_steps} steps", flush=True)
 times = {}
 for k, (role, seed, iters, folder, args, init) in enumerate(arms, 1):
     ckpt, timing, est = os.path.join(out_dir, folder, 'ckpt.pt'), os.path.join(out_dir, folder, 'seconds.json'), train_est(args)
