@@ -12,7 +12,7 @@ global diffusion B=L and the causal AR model, at the same shape and batch, and t
 fp32 on one batch. Sampling: generated tokens/s of
 the KV-cached draft at batch 1 and batch sample_batch, the uncached draft, and refinement at gamma 0.25/0.5
 (their cost relative to the draft), plus cached vs uncached at L=long_len.
---floor=True instead: for the quick start's shape, the TinyStories GPU recipe's and BD3-LM small's, at batch 1 and
+--floor=True instead: for the token protocol's 4 × 256 shape, the TinyStories GPU recipe's and BD3-LM small's, at batch 1 and
 sample_batch, the time per draft forward eager and compiled (fast.py), the time of the same forwards' matmuls alone
 (the floor: what a forward would cost with no overhead at all), the compile time, and the generated tokens after which
 compiling has paid for itself; then the same for a global stage's forward at batch 1.
@@ -47,14 +47,14 @@ device = 'cuda' if torch.cuda.is_available() else 'cpu'
 dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'
 compile = False                 # torch.compile the training forward
 floor = False                   # only the draft and global forwards against the matmul floor, eager and compiled (see above)
-floor_models = ['quickstart', 'tinystories', 'bd3lm']  # which of FLOOR_MODELS
+floor_models = ['tiny', 'tinystories', 'bd3lm']  # which of FLOOR_MODELS
 floor_blocks = 8                # draft blocks timed per row (a full draft of BD3-LM small at batch 32 takes ~10 min on a CPU)
 floor_compile = True            # False: the static steps uncompiled (gpu_check.py --smoke: the script in seconds, no compile)
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
 SHAPES = {'tiny': dict(n_layer=4, n_head=4, n_embd=256, seq_len=256), 'owt': dict(n_layer=12, n_head=12, n_embd=768, seq_len=1024),
           'smoke': dict(n_layer=1, n_head=2, n_embd=32, seq_len=32)}  # smoke: the tests' end-to-end run
-FLOOR_MODELS = {'quickstart': dict(n_layer=4, n_head=4, n_embd=256, seq_len=256, vocab_size=10559),  # config/train_tinystories.py
+FLOOR_MODELS = {'tiny': dict(n_layer=4, n_head=4, n_embd=256, seq_len=256, vocab_size=10559),  # config/ablate_tinystories.py
                 'tinystories': dict(n_layer=12, n_head=12, n_embd=768, seq_len=256, vocab_size=10559),  # its GPU recipe
                 'bd3lm': dict(n_layer=12, n_head=12, n_embd=768, seq_len=1024, vocab_size=50258),  # BD3-LM small, OWT
                 'smoke': dict(n_layer=1, n_head=2, n_embd=32, seq_len=32, vocab_size=1001)}  # gpu_check.py --smoke: measures nothing

@@ -9,7 +9,7 @@ $ python gpu_check.py --smoke=True         # any machine, seconds: the same step
    bf16 autocast against fp32 on one batch; sampling at L=1024: the KV-cached draft at batch 1 and 32, the exact
    refine, and sample.py's default refine.
 2. bench.py --floor=True: the draft's and a global stage's forwards eager, compiled as CUDA graphs (fast.py), and
-   their matmuls alone, for the quick start's shape and BD3-LM small's, at batch 1 and 32, with the compile time
+   their matmuls alone, for the token protocol's 4 × 256 shape and BD3-LM small's, at batch 1 and 32, with the compile time
    and the tokens after which compiling pays (what sample.py --compile's default should be on a GPU); several
    minutes, most of them compiling (a draft block's graph holds five forwards: on a 2-core CPU these rows compile
    in about 7 minutes; --floor=False skips it; --smoke runs the steps uncompiled).
@@ -67,7 +67,7 @@ results['bench'] = json.load(open(bench_json))
 # 2. the compiled sampler against eager and the matmul floor (the 12 x 768 TinyStories shape behaves as BD3-LM's here)
 floor_json = os.path.abspath(os.path.join(work_dir, 'floor.json'))
 models = ["--floor_models=['smoke']", '--floor_blocks=1', '--sample_batch=1', '--floor_compile=False'] if smoke else \
-         ["--floor_models=['quickstart', 'bd3lm']", '--sample_batch=32']
+         ["--floor_models=['tiny', 'bd3lm']", '--sample_batch=32']
 if floor:
     run([sys.executable, os.path.join(here, 'bench.py'), '--floor=True', *models, f'--out={floor_json}'])
 results['floor'] = json.load(open(floor_json))['floor'] if floor else []

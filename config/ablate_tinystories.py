@@ -8,7 +8,7 @@ tokenizer = 'gpt2'
 out_dir = 'out-ablation-tinystories'
 n_layer = 4
 n_head = 4
-n_embd = 256                    # the quick start's model (config/train_tinystories.py)
+n_embd = 256                    # the quick start's depth and recipe at twice its width (ablation-tinystories/README.md)
 learning_rate = 2e-3            # the quick start's
 beta2 = 0.95                    # the diffusion runs' AdamW beta2: with BD3-LM's 0.999 the global pretrain stays on its unigram plateau (README here)
 finetune_iters = 160            # F; P = 5.7 F = 912 iterations (1.9M tokens, 0.6 epochs of the training split)
